@@ -1,0 +1,551 @@
+//! Configuration: YAML → raw serde types (unknown keys are errors) → a validated [`Config`].
+//! Every config key the program reads is declared here; every problem names its key path and line.
+
+mod lines;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use crate::pricing::{Price, deserialize_decimal, deserialize_opt_decimal};
+use crate::simulate::SimModel;
+use lines::LineIndex;
+
+/// Model names that clients may not configure, because they are reserved metric label values.
+pub const RESERVED_MODEL_LABELS: &[&str] = &["other"];
+
+// ---------------------------------------------------------------- raw (as written) ----------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    version: u32,
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "default_admin_listen")]
+    admin_listen: String,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    default_backend: Option<String>,
+    #[serde(default)]
+    backends: Vec<RawBackend>,
+    #[serde(default)]
+    models: Vec<RawModel>,
+    #[serde(default)]
+    simulator: Option<RawSimulator>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_request_body_bytes: u64,
+    request_header_timeout_ms: u64,
+    request_body_timeout_ms: u64,
+    max_sse_line_bytes: u64,
+    max_response_parse_bytes: u64,
+    drain_timeout_ms: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_request_body_bytes: 32 * 1024 * 1024,
+            request_header_timeout_ms: 10_000,
+            request_body_timeout_ms: 30_000,
+            max_sse_line_bytes: 1024 * 1024,
+            max_response_parse_bytes: 16 * 1024 * 1024,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: String,
+    url: String,
+    #[serde(default)]
+    api_key_env: Option<String>,
+    #[serde(default = "yes")]
+    inject_usage: bool,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default = "default_connect_ms")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_header_ms")]
+    header_timeout_ms: u64,
+    #[serde(default = "default_idle_ms")]
+    idle_timeout_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_connect_ms() -> u64 {
+    5_000
+}
+fn default_header_ms() -> u64 {
+    120_000
+}
+fn default_idle_ms() -> u64 {
+    60_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: String,
+    backend: String,
+    #[serde(default)]
+    upstream_model: Option<String>,
+    #[serde(default)]
+    price: Option<RawPrice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    #[serde(deserialize_with = "deserialize_decimal")]
+    input_per_1m_usd: Decimal,
+    #[serde(deserialize_with = "deserialize_decimal")]
+    output_per_1m_usd: Decimal,
+    #[serde(default, deserialize_with = "deserialize_opt_decimal")]
+    cached_input_per_1m_usd: Option<Decimal>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSimulator {
+    listen: String,
+    #[serde(default)]
+    seed: u64,
+    models: Vec<RawSimModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSimModel {
+    name: String,
+    ttft_ms: u64,
+    tokens_per_second: f64,
+    output_tokens: u32,
+    #[serde(default)]
+    jitter_ratio: f64,
+}
+
+// ---------------------------------------------------------------- validated ----------------
+
+/// A secret read from the environment. It prints as `[redacted]` everywhere.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The validated configuration the proxy runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub limits: Limits,
+    pub backends: Vec<Backend>,
+    pub models: Vec<Model>,
+    /// Index into `backends` of the backend that receives models the config does not list.
+    pub default_backend: Option<usize>,
+    pub simulator: Option<SimulatorConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_request_body_bytes: usize,
+    pub request_header_timeout: Duration,
+    pub request_body_timeout: Duration,
+    pub max_sse_line_bytes: usize,
+    pub max_response_parse_bytes: usize,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub name: String,
+    /// `scheme://authority` of the backend.
+    pub origin: http::uri::Uri,
+    /// A path prefix to put before the client's path, without a trailing slash (may be empty).
+    pub path_prefix: String,
+    pub api_key: Option<Secret>,
+    pub inject_usage: bool,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub name: String,
+    /// Index into `Config::backends`.
+    pub backend: usize,
+    pub upstream_model: Option<String>,
+    pub price: Option<Price>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimulatorConfig {
+    pub listen: SocketAddr,
+    pub seed: u64,
+    pub models: Vec<SimModel>,
+}
+
+// ---------------------------------------------------------------- errors -------------------
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Every problem found in a config file, each with its key path and line.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(f, "{}: {n} problem{}", self.file, if n == 1 { "" } else { "s" })?;
+        for p in &self.problems {
+            let at = p.line.map(|l| format!(":{l}")).unwrap_or_default();
+            let path = if p.path.is_empty() { "(top level)" } else { &p.path };
+            writeln!(f, "  {}{at}: {path}: {}", self.file, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------- loading ------------------
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            problems: vec![Problem { path: String::new(), line: None, message: format!("cannot read the file: {e}") }],
+        })?;
+        Config::parse(&text, &file, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates config text. `env` looks up environment variables (tests pass their own).
+    pub fn parse(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let index = LineIndex::build(text);
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = clean_path(&e.path().to_string());
+            let line = e.inner().location().map(|l| l.line()).or_else(|| index.line_of(&path));
+            let message = strip_location(&e.inner().to_string());
+            ConfigError { file: file.to_string(), problems: vec![Problem { path, line, message }] }
+        })?;
+        let mut v = Validator { index: &index, problems: Vec::new() };
+        let config = v.config(raw, env);
+        match config {
+            Some(c) if v.problems.is_empty() => Ok(c),
+            _ => Err(ConfigError { file: file.to_string(), problems: v.problems }),
+        }
+    }
+
+    pub fn model_by_name(&self, name: &str) -> Option<&Model> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
+
+/// serde_path_to_error writes `?` for an unknown position and `.` for the root.
+fn clean_path(p: &str) -> String {
+    if p == "." || p == "?" { String::new() } else { p.to_string() }
+}
+
+/// serde_yaml_ng appends " at line L column C" to messages; the line is reported separately.
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+struct Validator<'a> {
+    index: &'a LineIndex,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        let line = self.index.line_of(&path);
+        self.problems.push(Problem { path, line, message: message.into() });
+    }
+
+    fn addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(path, format!("`{value}` is not an IP:port address (e.g. \"127.0.0.1:8080\")"));
+                None
+            }
+        }
+    }
+
+    fn positive_ms(&mut self, path: &str, ms: u64) -> Duration {
+        if ms == 0 {
+            self.problem(path, "must be greater than 0");
+        }
+        Duration::from_millis(ms)
+    }
+
+    fn config(&mut self, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Option<Config> {
+        if raw.version != 1 {
+            self.problem("version", format!("unsupported version {}; this tollgate reads version 1", raw.version));
+        }
+        let listen = self.addr("listen", &raw.listen);
+        let admin_listen = self.addr("admin_listen", &raw.admin_listen);
+        // Port 0 (an ephemeral port each) cannot collide.
+        if listen.is_some_and(|l| l.port() != 0) && listen == admin_listen {
+            self.problem("admin_listen", "must differ from `listen`: metrics are served on their own port");
+        }
+        let limits = self.limits(&raw.limits);
+        let tls = raw.tls.map(|t| {
+            for (key, file) in [("tls.cert_file", &t.cert_file), ("tls.key_file", &t.key_file)] {
+                if !file.is_file() {
+                    self.problem(key, format!("file `{}` does not exist", file.display()));
+                }
+            }
+            TlsFiles { cert_file: t.cert_file, key_file: t.key_file }
+        });
+
+        let mut backends = Vec::new();
+        for (i, b) in raw.backends.into_iter().enumerate() {
+            let path = format!("backends[{i}]");
+            if backends.iter().any(|x: &Backend| x.name == b.name) {
+                self.problem(format!("{path}.name"), format!("backend `{}` is defined twice", b.name));
+            }
+            if let Some(backend) = self.backend(&path, b, env) {
+                backends.push(backend);
+            }
+        }
+        if backends.is_empty() && self.problems.is_empty() {
+            self.problem("backends", "at least one backend is required");
+        }
+        let backend_index = |name: &str| backends.iter().position(|b| b.name == name);
+
+        let mut models: Vec<Model> = Vec::new();
+        for (i, m) in raw.models.into_iter().enumerate() {
+            let path = format!("models[{i}]");
+            if m.name.trim().is_empty() {
+                self.problem(format!("{path}.name"), "must not be empty");
+            } else if RESERVED_MODEL_LABELS.contains(&m.name.as_str()) {
+                self.problem(
+                    format!("{path}.name"),
+                    format!("`{}` is reserved for models the config does not list", m.name),
+                );
+            } else if models.iter().any(|x| x.name == m.name) {
+                self.problem(format!("{path}.name"), format!("model `{}` is defined twice", m.name));
+            }
+            let Some(backend) = backend_index(&m.backend) else {
+                self.problem(
+                    format!("{path}.backend"),
+                    format!("backend `{}` is not defined under `backends`", m.backend),
+                );
+                continue;
+            };
+            let price = m.price.map(|p| {
+                for (key, value) in [
+                    ("input_per_1m_usd", Some(p.input_per_1m_usd)),
+                    ("output_per_1m_usd", Some(p.output_per_1m_usd)),
+                    ("cached_input_per_1m_usd", p.cached_input_per_1m_usd),
+                ] {
+                    if value.is_some_and(|v| v.is_sign_negative() && !v.is_zero()) {
+                        self.problem(format!("{path}.price.{key}"), "a price must not be negative");
+                    }
+                }
+                Price {
+                    input_per_1m: p.input_per_1m_usd,
+                    output_per_1m: p.output_per_1m_usd,
+                    cached_input_per_1m: p.cached_input_per_1m_usd,
+                }
+            });
+            models.push(Model { name: m.name, backend, upstream_model: m.upstream_model, price });
+        }
+        if models.is_empty() && raw.default_backend.is_none() && self.problems.is_empty() {
+            self.problem("models", "list at least one model (or set `default_backend`)");
+        }
+        let default_backend = raw.default_backend.and_then(|name| {
+            let found = backend_index(&name);
+            if found.is_none() {
+                self.problem("default_backend", format!("backend `{name}` is not defined under `backends`"));
+            }
+            found
+        });
+        let simulator = raw.simulator.and_then(|s| self.simulator(s));
+        if let (Some(sim), Some(l), Some(a)) = (&simulator, listen, admin_listen)
+            && sim.listen.port() != 0
+            && (sim.listen == l || sim.listen == a)
+        {
+            self.problem("simulator.listen", "must differ from `listen` and `admin_listen`");
+        }
+
+        Some(Config {
+            listen: listen?,
+            admin_listen: admin_listen?,
+            tls,
+            limits,
+            backends,
+            models,
+            default_backend,
+            simulator,
+        })
+    }
+
+    fn limits(&mut self, raw: &RawLimits) -> Limits {
+        let size = |v: &mut Self, key: &str, n: u64| {
+            if n == 0 {
+                v.problem(format!("limits.{key}"), "must be greater than 0");
+            }
+            usize::try_from(n).unwrap_or(usize::MAX)
+        };
+        Limits {
+            max_request_body_bytes: size(self, "max_request_body_bytes", raw.max_request_body_bytes),
+            max_sse_line_bytes: size(self, "max_sse_line_bytes", raw.max_sse_line_bytes),
+            max_response_parse_bytes: size(self, "max_response_parse_bytes", raw.max_response_parse_bytes),
+            request_header_timeout: self.positive_ms("limits.request_header_timeout_ms", raw.request_header_timeout_ms),
+            request_body_timeout: self.positive_ms("limits.request_body_timeout_ms", raw.request_body_timeout_ms),
+            drain_timeout: Duration::from_millis(raw.drain_timeout_ms),
+        }
+    }
+
+    fn backend(&mut self, path: &str, b: RawBackend, env: &dyn Fn(&str) -> Option<String>) -> Option<Backend> {
+        if b.name.trim().is_empty() {
+            self.problem(format!("{path}.name"), "must not be empty");
+        }
+        let uri: Option<http::Uri> = b.url.parse().ok();
+        let parts = uri.and_then(|u| {
+            let scheme = u.scheme_str()?.to_ascii_lowercase();
+            let authority = u.authority()?.clone();
+            (scheme == "http" || scheme == "https").then_some((
+                scheme,
+                authority,
+                u.path().to_string(),
+                u.query().is_some(),
+            ))
+        });
+        let Some((scheme, authority, path_part, has_query)) = parts else {
+            self.problem(format!("{path}.url"), format!("`{}` is not an http:// or https:// URL with a host", b.url));
+            return None;
+        };
+        if has_query {
+            self.problem(format!("{path}.url"), "must not carry a query string");
+        }
+        let origin = http::Uri::builder().scheme(scheme.as_str()).authority(authority).path_and_query("/").build();
+        let Ok(origin) = origin else {
+            self.problem(format!("{path}.url"), format!("`{}` is not a valid URL", b.url));
+            return None;
+        };
+        let api_key = b.api_key_env.as_ref().and_then(|var| match env(var) {
+            Some(v) if !v.is_empty() => Some(Secret(v)),
+            _ => {
+                self.problem(format!("{path}.api_key_env"), format!("environment variable `{var}` is not set"));
+                None
+            }
+        });
+        if let Some(ca) = &b.ca_file
+            && !ca.is_file()
+        {
+            self.problem(format!("{path}.ca_file"), format!("file `{}` does not exist", ca.display()));
+        }
+        Some(Backend {
+            name: b.name,
+            origin,
+            path_prefix: path_part.trim_end_matches('/').to_string(),
+            api_key,
+            inject_usage: b.inject_usage,
+            ca_file: b.ca_file,
+            connect_timeout: self.positive_ms(&format!("{path}.connect_timeout_ms"), b.connect_timeout_ms),
+            header_timeout: self.positive_ms(&format!("{path}.header_timeout_ms"), b.header_timeout_ms),
+            idle_timeout: self.positive_ms(&format!("{path}.idle_timeout_ms"), b.idle_timeout_ms),
+        })
+    }
+
+    fn simulator(&mut self, s: RawSimulator) -> Option<SimulatorConfig> {
+        let listen = self.addr("simulator.listen", &s.listen);
+        let mut models: Vec<SimModel> = Vec::new();
+        for (i, m) in s.models.into_iter().enumerate() {
+            let path = format!("simulator.models[{i}]");
+            if models.iter().any(|x| x.name == m.name) {
+                self.problem(format!("{path}.name"), format!("simulated model `{}` is defined twice", m.name));
+            }
+            if !(m.tokens_per_second.is_finite() && m.tokens_per_second > 0.0) {
+                self.problem(format!("{path}.tokens_per_second"), "must be a number greater than 0");
+            }
+            if m.output_tokens == 0 {
+                self.problem(format!("{path}.output_tokens"), "must be at least 1");
+            }
+            if !(0.0..=1.0).contains(&m.jitter_ratio) {
+                self.problem(format!("{path}.jitter_ratio"), "must be between 0 and 1");
+            }
+            models.push(SimModel {
+                name: m.name,
+                ttft: Duration::from_millis(m.ttft_ms),
+                tokens_per_second: m.tokens_per_second,
+                output_tokens: m.output_tokens,
+                jitter_ratio: m.jitter_ratio,
+            });
+        }
+        if models.is_empty() {
+            self.problem("simulator.models", "list at least one simulated model");
+        }
+        Some(SimulatorConfig { listen: listen?, seed: s.seed, models })
+    }
+}
+
+#[cfg(test)]
+mod tests;

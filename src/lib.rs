@@ -1,0 +1,31 @@
+//! tollgate: a streaming-aware reverse proxy for OpenAI-compatible LLM backends that measures
+//! every answer's time (TTFT, time per token, tokens/s) and money (tokens × price) on live traffic.
+//!
+//! # Layout
+//! - [`config`]: YAML → validated [`config::Config`]; every key and every error with its line.
+//! - [`app`]: the running process: listeners, simulator, reload, graceful shutdown.
+//! - [`server`]: accept loop, TLS, HTTP/1.1 + HTTP/2, draining.
+//! - [`proxy`]: the request handler and the routing snapshot.
+//! - [`upstream`]: backends' pooled HTTP clients and timeouts.
+//! - [`openai`]: the wire shapes tollgate reads (request fields, events, usage, errors).
+//! - [`sse`]: the incremental Server-Sent Events parser.
+//! - [`meter`]: the per-request accumulator and the metered response body.
+//! - [`pricing`]: exact decimal prices and costs.
+//! - [`metrics`]: every Prometheus metric, lock-free series.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own port.
+//! - [`error`]: OpenAI-shaped errors tollgate answers itself.
+//! - [`simulate`]: the built-in OpenAI-compatible simulator.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod meter;
+pub mod metrics;
+pub mod openai;
+pub mod pricing;
+pub mod proxy;
+pub mod server;
+pub mod simulate;
+pub mod sse;
+pub mod upstream;

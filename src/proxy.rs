@@ -1,0 +1,340 @@
+//! The request handler: read the request (capped) → resolve the model → forward (rewriting only
+//! auth, model and `stream_options`) → wrap the response body in the meter.
+
+mod routes;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+pub use routes::{Route, Routes};
+
+use crate::error::ProxyError;
+use crate::meter::body::{BoxError, MeteredBody, Mode, Sink};
+use crate::meter::{Meter, Outcome};
+use crate::metrics::{Metrics, UpstreamErrorKind};
+use crate::openai::{Endpoint, estimate_prompt_tokens, parse_request, rewrite_request};
+use crate::upstream::{SendError, error_chain};
+
+/// Shared by every request: the current routing snapshot (swapped whole on reload, read without a
+/// lock), the metrics, and the shutdown flag.
+#[derive(Debug)]
+pub struct State {
+    pub routes: ArcSwap<Routes>,
+    pub metrics: Arc<Metrics>,
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+impl State {
+    pub fn new(routes: Routes, metrics: Arc<Metrics>, shutting_down: Arc<AtomicBool>) -> State {
+        State { routes: ArcSwap::from_pointee(routes), metrics, shutting_down }
+    }
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// What the proxy answers with: its own small bodies, or an upstream body under the meter.
+// Nearly every response is `Metered`: boxing it would add an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum ProxyBody {
+    Full(Option<Bytes>),
+    Metered(MeteredBody<Incoming>),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Metered(m) => Pin::new(m).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Metered(m) => m.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Metered(m) => m.size_hint(),
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::Full(Some(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn error_response(metrics: &Metrics, e: &ProxyError) -> Response<ProxyBody> {
+    if let Some(reason) = e.reject {
+        metrics.rejected(reason);
+    }
+    json_response(e.status, e.body())
+}
+
+/// Serves one client request.
+pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let received = Instant::now();
+    let routes = state.routes.load_full();
+    match route_and_forward(&state, &routes, req, received).await {
+        Ok(resp) => resp,
+        Err(e) => error_response(&state.metrics, &e),
+    }
+}
+
+async fn route_and_forward<B>(
+    state: &State,
+    routes: &Routes,
+    req: Request<B>,
+    received: Instant,
+) -> Result<Response<ProxyBody>, ProxyError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let path = req.uri().path();
+    if path == "/v1/models" {
+        if req.method() != Method::GET {
+            return Err(ProxyError::method_not_allowed(req.method()));
+        }
+        return Ok(json_response(StatusCode::OK, routes.model_list()));
+    }
+    if !path.starts_with("/v1/") {
+        return Err(ProxyError::not_found(path));
+    }
+    let endpoint = Endpoint::from_path(path);
+    if req.method() != Method::POST {
+        return Err(if endpoint == Endpoint::Other {
+            ProxyError::not_found(path)
+        } else {
+            ProxyError::method_not_allowed(req.method())
+        });
+    }
+    let (parts, body) = req.into_parts();
+    let limits = &routes.config.limits;
+    let body = read_body(body, &parts.headers, limits.max_request_body_bytes, limits.request_body_timeout).await?;
+    let view = parse_request(&body).map_err(ProxyError::bad_request)?;
+    let model = view.model.as_deref().ok_or_else(ProxyError::missing_model)?;
+    let route = match routes.route(model) {
+        Some(r) => r,
+        // Other `/v1/` paths go only to a configured model's backend, never to the default one.
+        None if endpoint == Endpoint::Other => return Err(ProxyError::not_found(parts.uri.path())),
+        None => match routes.fallback() {
+            Some(r) => {
+                state.metrics.model_label_overflow();
+                r
+            }
+            None => return Err(ProxyError::model_not_found(model)),
+        },
+    };
+
+    let upstream = &route.upstream;
+    let force_usage =
+        endpoint.accepts_stream_options() && view.stream && upstream.cfg.inject_usage && !view.include_usage;
+    let upstream_body = if force_usage || route.upstream_model.is_some() {
+        rewrite_request(&body, route.upstream_model.as_deref(), force_usage).map_err(ProxyError::bad_request)?
+    } else {
+        body.clone()
+    };
+    let meter = Meter::new(endpoint, view.stream, received, estimate_prompt_tokens(&view));
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = upstream.uri_for(path_and_query).map_err(|_| ProxyError::not_found(parts.uri.path()))?;
+
+    let mut up = Request::new(Full::new(upstream_body.clone()));
+    *up.method_mut() = Method::POST;
+    *up.uri_mut() = uri;
+    *up.headers_mut() =
+        upstream_headers(&parts.headers, upstream.cfg.api_key.as_ref().map(|k| k.expose()), upstream_body.len());
+
+    upstream.series.in_flight_add(1);
+    let sink: Arc<dyn Sink> = route.clone();
+    let sent = Instant::now();
+    let mut meter = meter;
+    let resp = match upstream.send(up).await {
+        Ok(resp) => resp,
+        Err(failure) => {
+            let (error, outcome, kind) = match failure {
+                SendError::HeaderTimeout => (
+                    ProxyError::gateway_timeout(&upstream.cfg.name),
+                    Outcome::HeaderTimeout,
+                    UpstreamErrorKind::HeaderTimeout,
+                ),
+                SendError::Connect { kind, detail } => {
+                    tracing::warn!(backend = %upstream.cfg.name, error = %detail, "upstream request failed");
+                    (ProxyError::bad_gateway(&upstream.cfg.name), Outcome::ConnectError, kind)
+                }
+            };
+            sink.upstream_error(kind);
+            meter.set_status(error.status.as_u16());
+            sink.finish(meter.finish(outcome, Instant::now()));
+            return Err(error);
+        }
+    };
+    let now = Instant::now();
+    upstream.series.observe_header_wait(now.duration_since(sent));
+    let status = resp.status();
+    meter.on_headers(status.as_u16(), now);
+
+    let (mut head, incoming) = resp.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    let is_sse = content_type_is(&head.headers, "text/event-stream");
+    let (mode, end_outcome) = if !status.is_success() {
+        sink.upstream_error(if status.is_server_error() {
+            UpstreamErrorKind::Http5xx
+        } else {
+            UpstreamErrorKind::Http4xx
+        });
+        (Mode::Opaque, Outcome::UpstreamError)
+    } else if is_sse {
+        let strip = force_usage;
+        if strip {
+            // The forwarded stream may be shorter than the upstream's by the removed chunk.
+            head.headers.remove(header::CONTENT_LENGTH);
+        }
+        head.headers.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+        (Mode::sse(limits.max_sse_line_bytes, strip), Outcome::Success)
+    } else if content_type_is(&head.headers, "application/json") {
+        (Mode::json(limits.max_response_parse_bytes), Outcome::Success)
+    } else {
+        (Mode::Opaque, Outcome::Success)
+    };
+    let body = MeteredBody::new(incoming, mode, meter, end_outcome, sink, upstream.cfg.idle_timeout);
+    Ok(Response::from_parts(head, ProxyBody::Metered(body)))
+}
+
+/// Reads the request body once, capped and under a timeout.
+async fn read_body<B>(
+    body: B,
+    headers: &HeaderMap,
+    cap: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ProxyError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap as u64) {
+        return Err(ProxyError::body_too_large(cap));
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, cap).collect()).await {
+        Err(_) => Err(ProxyError::request_timeout()),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(ProxyError::body_too_large(cap)),
+        Ok(Err(e)) => Err(ProxyError::bad_request(format!("could not read the request body: {}", error_chain(&*e)))),
+    }
+}
+
+fn content_type_is(headers: &HeaderMap, mime: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(mime)))
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never cross the proxy.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, `Upgrade`, and every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// The client's headers as the backend gets them: no hop-by-hop headers, no `Host` (the client
+/// sets it from the backend URI), an exact `Content-Length` for the possibly rewritten body,
+/// `Accept-Encoding: identity` so streams stay readable, and the backend key when one is configured
+/// (then the client's own `Authorization` is not forwarded).
+fn upstream_headers(client: &HeaderMap, api_key: Option<&str>, body_len: usize) -> HeaderMap {
+    let mut h = client.clone();
+    strip_hop_by_hop(&mut h);
+    h.remove(header::HOST);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+    h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    if let Some(key) = api_key {
+        h.remove(header::AUTHORIZATION);
+        if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {key}")) {
+            v.set_sensitive(true);
+            h.insert(header::AUTHORIZATION, v);
+        }
+    } else if let Some(v) = h.get_mut(header::AUTHORIZATION) {
+        v.set_sensitive(true);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x-kept"]);
+    }
+
+    #[test]
+    fn backend_key_replaces_client_authorization() {
+        let mut client = HeaderMap::new();
+        client.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer client"));
+        client.insert(header::HOST, HeaderValue::from_static("evil.example"));
+        client.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        let h = upstream_headers(&client, Some("backend-key"), 12);
+        assert_eq!(h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()), Some("Bearer backend-key"));
+        assert!(h.get(header::AUTHORIZATION).is_some_and(|v| v.is_sensitive()));
+        assert!(h.get(header::HOST).is_none());
+        assert_eq!(h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()), Some("12"));
+        assert_eq!(h.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()), Some("identity"));
+        let passthrough = upstream_headers(&client, None, 1);
+        assert_eq!(passthrough.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()), Some("Bearer client"));
+    }
+}

@@ -1,0 +1,161 @@
+//! Configured backends at run time: a pooled keep-alive HTTP/1.1 + HTTP/2 client per backend
+//! (rustls with the webpki roots plus an optional custom CA), TCP_NODELAY, and per-phase timeouts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::config::Backend;
+use crate::metrics::{BackendSeries, UpstreamErrorKind};
+
+/// A backend ready to take requests.
+#[derive(Debug)]
+pub struct Upstream {
+    pub cfg: Backend,
+    pub series: Arc<BackendSeries>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+/// Why a request got no response headers from its backend.
+#[derive(Debug)]
+pub enum SendError {
+    /// Connection refused, DNS, TLS or the connection died before headers.
+    Connect { kind: UpstreamErrorKind, detail: String },
+    /// No response headers within the backend's `header_timeout_ms`.
+    HeaderTimeout,
+}
+
+impl Upstream {
+    pub fn new(cfg: Backend, series: Arc<BackendSeries>) -> anyhow::Result<Upstream> {
+        let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        if let Some(ca) = &cfg.ca_file {
+            for cert in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| anyhow::anyhow!("backend `{}`: cannot read ca_file {}: {e}", cfg.name, ca.display()))?
+            {
+                let cert = cert
+                    .map_err(|e| anyhow::anyhow!("backend `{}`: bad certificate in {}: {e}", cfg.name, ca.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| anyhow::anyhow!("backend `{}`: unusable CA in {}: {e}", cfg.name, ca.display()))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .timer(TokioTimer::new())
+            .build(https);
+        Ok(Upstream { cfg, series, client })
+    }
+
+    /// The backend URI for a client's path and query: origin + configured prefix + path. A prefix
+    /// ending in `/v1` is not doubled when the client's path starts with `/v1` too.
+    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let prefix = self.cfg.path_prefix.as_str();
+        let rest = match prefix.strip_suffix("/v1") {
+            Some(_) if path_and_query.starts_with("/v1/") => &path_and_query[3..],
+            _ => path_and_query,
+        };
+        let mut parts = self.cfg.origin.clone().into_parts();
+        parts.path_and_query = Some(format!("{prefix}{rest}").parse()?);
+        Ok(Uri::from_parts(parts)?)
+    }
+
+    /// Sends a request and waits for the response headers under the header timeout.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, SendError> {
+        match tokio::time::timeout(self.cfg.header_timeout, self.client.request(req)).await {
+            Err(_) => Err(SendError::HeaderTimeout),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                let kind = if source_chain_has::<rustls::Error>(&e) {
+                    UpstreamErrorKind::Tls
+                } else {
+                    UpstreamErrorKind::Connect
+                };
+                Err(SendError::Connect { kind, detail: error_chain(&e) })
+            }
+        }
+    }
+}
+
+fn source_chain_has<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<T>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.get_ref().is_some_and(|inner| inner.is::<T>())
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// "a: b: c" from an error and its sources, for logs (never for client bodies: it can name hosts).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn upstream(url: &str) -> Upstream {
+        let yaml = format!("version: 1\nbackends: [{{name: b, url: \"{url}\"}}]\nmodels: [{{name: m, backend: b}}]\n");
+        let cfg = Config::parse(&yaml, "t.yaml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let metrics = crate::metrics::Metrics::new();
+        let b = cfg.backends[0].clone();
+        Upstream::new(b, metrics.backend_series("b")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn uris_join_prefix_without_doubling_v1() {
+        let check = |base: &str, path: &str, expect: &str| {
+            assert_eq!(
+                upstream(base).uri_for(path).map(|u| u.to_string()).ok().as_deref(),
+                Some(expect),
+                "{base} + {path}"
+            );
+        };
+        check("http://127.0.0.1:8000", "/v1/chat/completions", "http://127.0.0.1:8000/v1/chat/completions");
+        check("http://127.0.0.1:8000/", "/v1/models?x=1", "http://127.0.0.1:8000/v1/models?x=1");
+        check("https://api.example.com/v1", "/v1/chat/completions", "https://api.example.com/v1/chat/completions");
+        check("https://gw.example.com/openai/", "/v1/embeddings", "https://gw.example.com/openai/v1/embeddings");
+    }
+}
