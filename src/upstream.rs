@@ -104,19 +104,17 @@ impl Upstream {
 }
 
 fn source_chain_has<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.is::<T>() {
-            return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.get_ref().is_some_and(|inner| inner.is::<T>())
-        {
-            return true;
-        }
-        cur = err.source();
+    if e.is::<T>() {
+        return true;
     }
-    false
+    // `io::Error::source` skips the error it wraps (it returns that error's source), so wrapped
+    // errors are looked into explicitly.
+    if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
+        && source_chain_has::<T>(inner)
+    {
+        return true;
+    }
+    e.source().is_some_and(source_chain_has::<T>)
 }
 
 /// "a: b: c" from an error and its sources, for logs (never for client bodies: it can name hosts).
