@@ -140,7 +140,12 @@ async fn serve_meters_the_simulator_and_reloads_on_sighup() {
     let proc = serve(&path);
     wait_healthy(p.admin).await;
 
-    let resp = post(p.proxy, "/v1/chat/completions", r#"{"model":"sim-fast","stream":true,"messages":[{"role":"user","content":"hello"}]}"#).await;
+    let resp = post(
+        p.proxy,
+        "/v1/chat/completions",
+        r#"{"model":"sim-fast","stream":true,"messages":[{"role":"user","content":"hello"}]}"#,
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let body = text(resp).await;
     assert!(body.ends_with("data: [DONE]\n\n"));
@@ -149,14 +154,25 @@ async fn serve_meters_the_simulator_and_reloads_on_sighup() {
     let m = get(p.admin, "/metrics").await.1;
     let ttft = sample(&m, "tollgate_time_to_first_token_seconds_sum{backend=\"sim\",model=\"sim-fast\"}");
     assert!((0.045..0.5).contains(&ttft), "ttft {ttft}");
-    assert_eq!(sample(&m, "tollgate_tokens_total{backend=\"sim\",model=\"sim-fast\",token_type=\"output\",usage_source=\"reported\"}"), 20.0);
+    assert_eq!(
+        sample(
+            &m,
+            "tollgate_tokens_total{backend=\"sim\",model=\"sim-fast\",token_type=\"output\",usage_source=\"reported\"}"
+        ),
+        20.0
+    );
 
     // A broken config is rejected and the old one keeps serving.
     std::fs::write(&path, sim_config(&p, "  - name: broken\n    backend: nowhere\n")).unwrap();
     signal(&proc, "-HUP");
     let m = wait_metric(p.admin, "tollgate_config_reloads_total{result=\"failure\"}", 1.0).await;
     assert!(m.contains("tollgate_config_reloads_total{result=\"success\"} 0"));
-    assert_eq!(post(p.proxy, "/v1/chat/completions", r#"{"model":"sim-fast","messages":[{"role":"user","content":"x"}]}"#).await.status(), 200);
+    assert_eq!(
+        post(p.proxy, "/v1/chat/completions", r#"{"model":"sim-fast","messages":[{"role":"user","content":"x"}]}"#)
+            .await
+            .status(),
+        200
+    );
 
     // A good one is swapped in.
     std::fs::write(&path, sim_config(&p, "  - name: sim-slow\n    backend: sim\n")).unwrap();
@@ -185,7 +201,12 @@ async fn sigterm_drains_streams_in_flight() {
     wait_healthy(p.admin).await;
 
     // A stream of 15 tokens at 10/s: about 1.5 s long.
-    let resp = post(p.proxy, "/v1/chat/completions", r#"{"model":"sim-slow","stream":true,"messages":[{"role":"user","content":"x"}]}"#).await;
+    let resp = post(
+        p.proxy,
+        "/v1/chat/completions",
+        r#"{"model":"sim-slow","stream":true,"messages":[{"role":"user","content":"x"}]}"#,
+    )
+    .await;
     let reading = tokio::spawn(text(resp));
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(&proc, "-TERM");

@@ -28,7 +28,13 @@ async fn promtool_accepts_a_live_scrape() {
     let scrape = metrics_until(&proxy, |m| m.contains("model=\"other\"")).await;
     assert!(scrape.contains("tollgate_time_to_first_token_seconds_bucket"));
 
-    let mut child = match Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
         Ok(c) => c,
         Err(e) => panic!("promtool is not installed ({e}): run the suite with scripts/test"),
     };

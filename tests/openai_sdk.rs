@@ -75,7 +75,16 @@ async fn the_python_sdk_sees_the_same_answers_through_the_proxy() {
 
     // And the proxy metered what the SDK sent through it: 3 chat + 1 completion stream/body, with usage reported.
     let m = get(admin, "/metrics").await.1;
-    let out_tokens = sample(&m, "tollgate_tokens_total{backend=\"sim\",model=\"sim-small\",token_type=\"output\",usage_source=\"reported\"}");
+    let out_tokens = sample(
+        &m,
+        "tollgate_tokens_total{backend=\"sim\",model=\"sim-small\",token_type=\"output\",usage_source=\"reported\"}",
+    );
     assert_eq!(out_tokens, 12.0 * 3.0 + 8.0, "{m}");
-    assert_eq!(sample(&m, "tollgate_tokens_total{backend=\"sim\",model=\"sim-small\",token_type=\"output\",usage_source=\"estimated\"}"), 0.0);
+    assert_eq!(
+        sample(
+            &m,
+            "tollgate_tokens_total{backend=\"sim\",model=\"sim-small\",token_type=\"output\",usage_source=\"estimated\"}"
+        ),
+        0.0
+    );
 }
