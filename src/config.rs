@@ -97,6 +97,17 @@ struct RawBackend {
     header_timeout_ms: u64,
     #[serde(default = "default_idle_ms")]
     idle_timeout_ms: u64,
+    #[serde(default = "default_eject_after")]
+    eject_after_failures: u32,
+    #[serde(default = "default_eject_ms")]
+    eject_cooldown_ms: u64,
+}
+
+fn default_eject_after() -> u32 {
+    2
+}
+fn default_eject_ms() -> u64 {
+    10_000
 }
 
 fn yes() -> bool {
@@ -116,11 +127,34 @@ fn default_idle_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 struct RawModel {
     name: String,
-    backend: String,
+    #[serde(default)]
+    backend: Option<String>,
+    #[serde(default)]
+    backends: Option<Vec<RawBackendRef>>,
     #[serde(default)]
     upstream_model: Option<String>,
     #[serde(default)]
     price: Option<RawPrice>,
+}
+
+/// One of a model's backends: a name, or `{name, weight}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawBackendRef {
+    Name(String),
+    Weighted(RawWeighted),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeighted {
+    name: String,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,13 +249,25 @@ pub struct Backend {
     pub connect_timeout: Duration,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Consecutive failures before the backend is taken out of rotation.
+    pub eject_after_failures: u32,
+    /// How long an ejected backend stays out before traffic probes it again.
+    pub eject_cooldown: Duration,
+}
+
+/// A model's backend and its share of traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightedBackend {
+    /// Index into `Config::backends`.
+    pub index: usize,
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone)]
 pub struct Model {
     pub name: String,
-    /// Index into `Config::backends`.
-    pub backend: usize,
+    /// One or more backends; with several, requests spread by weighted least in-flight and fail over.
+    pub backends: Vec<WeightedBackend>,
     pub upstream_model: Option<String>,
     pub price: Option<Price>,
 }
@@ -391,13 +437,39 @@ impl Validator<'_> {
             } else if models.iter().any(|x| x.name == m.name) {
                 self.problem(format!("{path}.name"), format!("model `{}` is defined twice", m.name));
             }
-            let Some(backend) = backend_index(&m.backend) else {
-                self.problem(
-                    format!("{path}.backend"),
-                    format!("backend `{}` is not defined under `backends`", m.backend),
-                );
-                continue;
+            let refs: Vec<(String, String, u32)> = match (m.backend, m.backends) {
+                (Some(name), None) => vec![(format!("{path}.backend"), name, 1)],
+                (None, Some(list)) if !list.is_empty() => list
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, r)| match r {
+                        RawBackendRef::Name(n) => (format!("{path}.backends[{j}]"), n, 1),
+                        RawBackendRef::Weighted(w) => (format!("{path}.backends[{j}]"), w.name, w.weight),
+                    })
+                    .collect(),
+                (Some(_), Some(_)) => {
+                    self.problem(format!("{path}.backends"), "give either `backend` or `backends`, not both");
+                    continue;
+                }
+                _ => {
+                    self.problem(path.clone(), "needs `backend: NAME` or `backends: [NAME, ...]`");
+                    continue;
+                }
             };
+            let mut backends: Vec<WeightedBackend> = Vec::new();
+            for (key, name, weight) in refs {
+                match backend_index(&name) {
+                    None => self.problem(key, format!("backend `{name}` is not defined under `backends`")),
+                    Some(_) if weight == 0 => self.problem(key, "a weight must be at least 1"),
+                    Some(index) if backends.iter().any(|b| b.index == index) => {
+                        self.problem(key, format!("backend `{name}` is listed twice"))
+                    }
+                    Some(index) => backends.push(WeightedBackend { index, weight }),
+                }
+            }
+            if backends.is_empty() {
+                continue;
+            }
             let price = m.price.map(|p| {
                 for (key, value) in [
                     ("input_per_1m_usd", Some(p.input_per_1m_usd)),
@@ -414,7 +486,7 @@ impl Validator<'_> {
                     cached_input_per_1m: p.cached_input_per_1m_usd,
                 }
             });
-            models.push(Model { name: m.name, backend, upstream_model: m.upstream_model, price });
+            models.push(Model { name: m.name, backends, upstream_model: m.upstream_model, price });
         }
         if models.is_empty() && raw.default_backend.is_none() && self.problems.is_empty() {
             self.problem("models", "list at least one model (or set `default_backend`)");
@@ -512,6 +584,8 @@ impl Validator<'_> {
             connect_timeout: self.positive_ms(&format!("{path}.connect_timeout_ms"), b.connect_timeout_ms),
             header_timeout: self.positive_ms(&format!("{path}.header_timeout_ms"), b.header_timeout_ms),
             idle_timeout: self.positive_ms(&format!("{path}.idle_timeout_ms"), b.idle_timeout_ms),
+            eject_after_failures: b.eject_after_failures.max(1),
+            eject_cooldown: Duration::from_millis(b.eject_cooldown_ms),
         })
     }
 

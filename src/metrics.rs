@@ -212,9 +212,19 @@ pub struct BackendSeries {
     in_flight: AtomicI64,
     header_wait: Histogram,
     errors: [AtomicU64; 8],
+    /// 1 while the backend is in rotation, 0 while it is ejected (until a request succeeds again).
+    up: AtomicI64,
+    retries: AtomicU64,
 }
 
 impl BackendSeries {
+    pub fn set_up(&self, up: bool) {
+        self.up.store(i64::from(up), Relaxed);
+    }
+    /// A request that failed on this backend before any byte reached the client was retried elsewhere.
+    pub fn retried_elsewhere(&self) {
+        self.retries.fetch_add(1, Relaxed);
+    }
     pub fn in_flight_add(&self, delta: i64) {
         self.in_flight.fetch_add(delta, Relaxed);
     }
@@ -286,6 +296,8 @@ impl Metrics {
             in_flight: AtomicI64::new(0),
             header_wait: Histogram::new(DURATION_BUCKETS),
             errors: counters(),
+            up: AtomicI64::new(1),
+            retries: AtomicU64::new(0),
         });
         backends.push(s.clone());
         s
@@ -498,6 +510,25 @@ impl Collector for Exporter {
                     counter(&mut m, &[("backend", b.backend.as_str()), ("kind", kind.as_str())], n)?;
                 }
             }
+        }
+
+        let mut m = family(
+            &mut enc,
+            "tollgate_backend_up",
+            "1 while the backend is in rotation, 0 while it is ejected after failures.",
+            MetricType::Gauge,
+        )?;
+        for b in &backends {
+            m.encode_family(&[("backend", b.backend.as_str())])?.encode_gauge(&b.up.load(Relaxed))?;
+        }
+        let mut m = family(
+            &mut enc,
+            "tollgate_upstream_retries",
+            "Requests that failed on this backend before any byte reached the client and were retried on another.",
+            MetricType::Counter,
+        )?;
+        for b in &backends {
+            counter(&mut m, &[("backend", b.backend.as_str())], b.retries.load(Relaxed))?;
         }
 
         let mut m = family(

@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-pub use routes::{Route, Routes};
+pub use routes::{Route, Routes, Target};
 
 use crate::error::ProxyError;
 use crate::meter::body::{BoxError, MeteredBody, Mode, Sink};
@@ -152,78 +152,155 @@ where
         },
     };
 
-    let upstream = &route.upstream;
-    let force_usage =
-        endpoint.accepts_stream_options() && view.stream && upstream.cfg.inject_usage && !view.include_usage;
-    let upstream_body = if force_usage || route.upstream_model.is_some() {
-        rewrite_request(&body, route.upstream_model.as_deref(), force_usage).map_err(ProxyError::bad_request)?
-    } else {
-        body.clone()
-    };
     let meter = Meter::new(endpoint, view.stream, received, estimate_prompt_tokens(&view));
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = upstream.uri_for(path_and_query).map_err(|_| ProxyError::not_found(parts.uri.path()))?;
+    let call = Call { endpoint, stream: view.stream, client_asked_usage: view.include_usage, parts: &parts, body: &body };
+    let (target, resp, meter, force_usage) = forward_with_failover(&route, &call, meter).await?;
+    Ok(respond(target, resp, meter, force_usage, limits))
+}
 
-    let mut up = Request::new(Full::new(upstream_body.clone()));
+/// What a forwarded request needs from the client's request, whichever backend it goes to.
+struct Call<'a> {
+    endpoint: Endpoint,
+    stream: bool,
+    client_asked_usage: bool,
+    parts: &'a http::request::Parts,
+    body: &'a Bytes,
+}
+
+/// A 502/503, or a 429 with its Retry-After: the backend refused before doing any work.
+fn refused(resp: &Response<Incoming>) -> Option<Option<std::time::Duration>> {
+    match resp.status().as_u16() {
+        502 | 503 => Some(None),
+        429 => Some(
+            resp.headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(std::time::Duration::from_secs),
+        ),
+        _ => None,
+    }
+}
+
+/// Sends to the best backend of the route; a refusal before any response byte (connection failure,
+/// 502/503, 429) is retried once on another backend. A header timeout is never retried: the
+/// backend may be generating, and a second attempt would be paid twice.
+async fn forward_with_failover(
+    route: &Route,
+    call: &Call<'_>,
+    mut meter: Meter,
+) -> Result<(Arc<Target>, Response<Incoming>, Meter, bool), ProxyError> {
+    let mut failed: Option<Arc<Target>> = None;
+    loop {
+        let Some(target) = route.pick(failed.as_ref()) else {
+            return Err(ProxyError::model_not_found(&route.label));
+        };
+        let may_retry = failed.is_none() && route.has_alternative();
+        let upstream = &target.upstream;
+        let force_usage =
+            call.endpoint.accepts_stream_options() && call.stream && upstream.cfg.inject_usage && !call.client_asked_usage;
+        let up = upstream_request(upstream, call, route.upstream_model.as_deref(), force_usage)?;
+        upstream.series.in_flight_add(1);
+        let sent = Instant::now();
+        let failure = match upstream.send(up).await {
+            Ok(resp) => match refused(&resp) {
+                Some(retry_after) if may_retry => {
+                    upstream.on_failure(retry_after);
+                    let kind = if resp.status().is_server_error() { UpstreamErrorKind::Http5xx } else { UpstreamErrorKind::Http4xx };
+                    (kind, None)
+                }
+                refusal => {
+                    match refusal {
+                        Some(retry_after) => upstream.on_failure(retry_after),
+                        None if resp.status().is_server_error() => {}
+                        None => upstream.on_success(),
+                    }
+                    let now = Instant::now();
+                    upstream.series.observe_header_wait(now.duration_since(sent));
+                    meter.on_headers(resp.status().as_u16(), now);
+                    return Ok((target, resp, meter, force_usage));
+                }
+            },
+            Err(SendError::HeaderTimeout) => {
+                (UpstreamErrorKind::HeaderTimeout, Some((ProxyError::gateway_timeout(&upstream.cfg.name), Outcome::HeaderTimeout)))
+            }
+            Err(SendError::Connect { kind, detail }) => {
+                tracing::warn!(backend = %upstream.cfg.name, error = %detail, "upstream request failed");
+                upstream.on_failure(None);
+                let fatal = (!may_retry).then(|| (ProxyError::bad_gateway(&upstream.cfg.name), Outcome::ConnectError));
+                (kind, fatal)
+            }
+        };
+        match failure {
+            (kind, Some((error, outcome))) => {
+                target.upstream_error(kind);
+                meter.set_status(error.status.as_u16());
+                target.finish(meter.finish(outcome, Instant::now()));
+                return Err(error);
+            }
+            (kind, None) => {
+                target.upstream_error(kind);
+                upstream.series.in_flight_add(-1);
+                upstream.series.retried_elsewhere();
+                failed = Some(target);
+            }
+        }
+    }
+}
+
+/// The request as one backend gets it.
+fn upstream_request(
+    upstream: &crate::upstream::Upstream,
+    call: &Call<'_>,
+    upstream_model: Option<&str>,
+    force_usage: bool,
+) -> Result<Request<Full<Bytes>>, ProxyError> {
+    let body = if force_usage || upstream_model.is_some() {
+        rewrite_request(call.body, upstream_model, force_usage).map_err(ProxyError::bad_request)?
+    } else {
+        call.body.clone()
+    };
+    let path_and_query = call.parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = upstream.uri_for(path_and_query).map_err(|_| ProxyError::not_found(call.parts.uri.path()))?;
+    let headers = upstream_headers(&call.parts.headers, upstream.cfg.api_key.as_ref().map(|k| k.expose()), body.len());
+    let mut up = Request::new(Full::new(body));
     *up.method_mut() = Method::POST;
     *up.uri_mut() = uri;
-    *up.headers_mut() =
-        upstream_headers(&parts.headers, upstream.cfg.api_key.as_ref().map(|k| k.expose()), upstream_body.len());
+    *up.headers_mut() = headers;
+    Ok(up)
+}
 
-    upstream.series.in_flight_add(1);
-    let sink: Arc<dyn Sink> = route.clone();
-    let sent = Instant::now();
-    let mut meter = meter;
-    let resp = match upstream.send(up).await {
-        Ok(resp) => resp,
-        Err(failure) => {
-            let (error, outcome, kind) = match failure {
-                SendError::HeaderTimeout => (
-                    ProxyError::gateway_timeout(&upstream.cfg.name),
-                    Outcome::HeaderTimeout,
-                    UpstreamErrorKind::HeaderTimeout,
-                ),
-                SendError::Connect { kind, detail } => {
-                    tracing::warn!(backend = %upstream.cfg.name, error = %detail, "upstream request failed");
-                    (ProxyError::bad_gateway(&upstream.cfg.name), Outcome::ConnectError, kind)
-                }
-            };
-            sink.upstream_error(kind);
-            meter.set_status(error.status.as_u16());
-            sink.finish(meter.finish(outcome, Instant::now()));
-            return Err(error);
-        }
-    };
-    let now = Instant::now();
-    upstream.series.observe_header_wait(now.duration_since(sent));
+/// Wraps the upstream response for the client: hop-by-hop headers out, body under the meter.
+fn respond(
+    target: Arc<Target>,
+    resp: Response<Incoming>,
+    meter: Meter,
+    force_usage: bool,
+    limits: &crate::config::Limits,
+) -> Response<ProxyBody> {
     let status = resp.status();
-    meter.on_headers(status.as_u16(), now);
-
     let (mut head, incoming) = resp.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    let is_sse = content_type_is(&head.headers, "text/event-stream");
     let (mode, end_outcome) = if !status.is_success() {
-        sink.upstream_error(if status.is_server_error() {
-            UpstreamErrorKind::Http5xx
-        } else {
-            UpstreamErrorKind::Http4xx
-        });
+        let kind = if status.is_server_error() { UpstreamErrorKind::Http5xx } else { UpstreamErrorKind::Http4xx };
+        target.upstream_error(kind);
         (Mode::Opaque, Outcome::UpstreamError)
-    } else if is_sse {
-        let strip = force_usage;
-        if strip {
+    } else if content_type_is(&head.headers, "text/event-stream") {
+        if force_usage {
             // The forwarded stream may be shorter than the upstream's by the removed chunk.
             head.headers.remove(header::CONTENT_LENGTH);
         }
         head.headers.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
-        (Mode::sse(limits.max_sse_line_bytes, strip), Outcome::Success)
+        (Mode::sse(limits.max_sse_line_bytes, force_usage), Outcome::Success)
     } else if content_type_is(&head.headers, "application/json") {
         (Mode::json(limits.max_response_parse_bytes), Outcome::Success)
     } else {
         (Mode::Opaque, Outcome::Success)
     };
-    let body = MeteredBody::new(incoming, mode, meter, end_outcome, sink, upstream.cfg.idle_timeout);
-    Ok(Response::from_parts(head, ProxyBody::Metered(body)))
+    let idle = target.upstream.cfg.idle_timeout;
+    let sink: Arc<dyn Sink> = target;
+    let body = MeteredBody::new(incoming, mode, meter, end_outcome, sink, idle);
+    Response::from_parts(head, ProxyBody::Metered(body))
 }
 
 /// Reads the request body once, capped and under a timeout.

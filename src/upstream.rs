@@ -2,6 +2,7 @@
 //! (rustls with the webpki roots plus an optional custom CA), TCP_NODELAY, and per-phase timeouts.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use tokio::time::Instant;
 
 use crate::config::Backend;
 use crate::metrics::{BackendSeries, UpstreamErrorKind};
@@ -25,6 +27,17 @@ pub struct Upstream {
     pub cfg: Backend,
     pub series: Arc<BackendSeries>,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    health: Health,
+}
+
+/// Passive health: consecutive failures eject the backend for a cool-down; after it, the next
+/// request probes it (and is retried elsewhere if the probe fails), and a success restores it.
+#[derive(Debug)]
+struct Health {
+    epoch: Instant,
+    failures: AtomicU32,
+    /// Milliseconds after `epoch` until which the backend is out of rotation (0: in rotation).
+    ejected_until_ms: AtomicU64,
 }
 
 /// Why a request got no response headers from its backend.
@@ -70,7 +83,38 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .timer(TokioTimer::new())
             .build(https);
-        Ok(Upstream { cfg, series, client })
+        let health = Health { epoch: Instant::now(), failures: AtomicU32::new(0), ejected_until_ms: AtomicU64::new(0) };
+        Ok(Upstream { cfg, series, client, health })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.health.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the backend is in rotation (not ejected, or its cool-down is over).
+    pub fn available(&self) -> bool {
+        self.health.ejected_until_ms.load(Relaxed) <= self.now_ms()
+    }
+
+    /// A request got a usable answer: the backend is healthy.
+    pub fn on_success(&self) {
+        if self.health.failures.swap(0, Relaxed) > 0 || self.health.ejected_until_ms.load(Relaxed) > 0 {
+            self.health.ejected_until_ms.store(0, Relaxed);
+            self.series.set_up(true);
+        }
+    }
+
+    /// A request failed before any response byte (refused, 502/503, 429). Enough of these in a
+    /// row eject the backend for the cool-down, or for `retry_after` when the backend said so.
+    pub fn on_failure(&self, retry_after: Option<Duration>) {
+        let failures = self.health.failures.fetch_add(1, Relaxed) + 1;
+        if failures >= self.cfg.eject_after_failures || retry_after.is_some() {
+            let cooldown = retry_after.map_or(self.cfg.eject_cooldown, |r| r.max(self.cfg.eject_cooldown));
+            let until = self.now_ms().saturating_add(u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX));
+            self.health.ejected_until_ms.store(until.max(1), Relaxed);
+            self.series.set_up(false);
+            tracing::warn!(backend = %self.cfg.name, failures, cooldown_ms = cooldown.as_millis() as u64, "backend ejected");
+        }
     }
 
     /// The backend URI for a client's path and query: origin + configured prefix + path. A prefix

@@ -5,7 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -87,7 +87,7 @@ fn ports() -> Ports {
     Ports { proxy: a(free_port()), admin: a(free_port()), sim: a(free_port()) }
 }
 
-fn serve(config: &PathBuf) -> Proc {
+fn serve(config: &Path) -> Proc {
     let child = Command::new(BIN)
         .args(["serve", "--config", config.to_str().unwrap()])
         .env("TOLLGATE_LOG", "info")

@@ -141,3 +141,33 @@ fn the_secret_value_never_appears_in_errors() {
     let err = parse(&GOOD.replace("backend: local", "backend: x")).err().unwrap_or_else(|| panic!("err"));
     assert!(!err.to_string().contains("sk-test-secret"));
 }
+
+#[test]
+fn several_backends_with_weights() {
+    let two = GOOD.replace("    backend: local\n", "    backends: [local, {name: spare, weight: 3}]\n") + "";
+    let two = two.replace("models:\n", "  - name: spare\n    url: \"http://127.0.0.1:18081\"\nmodels:\n");
+    let c = parse(&two).unwrap_or_else(|e| panic!("{e}"));
+    let b = &c.models[0].backends;
+    assert_eq!((b.len(), b[0].weight, b[1].weight), (2, 1, 3));
+    assert_eq!(c.backends[b[1].index].name, "spare");
+
+    check_err(
+        &two.replace("{name: spare, weight: 3}", "{name: spare, weight: 0}"),
+        "models[0].backends[1]",
+        12,
+        "at least 1",
+    );
+    check_err(
+        &two.replace("[local, {name: spare, weight: 3}]", "[local, nope]"),
+        "models[0].backends[1]",
+        12,
+        "not defined",
+    );
+    check_err(
+        &two.replace("[local, {name: spare, weight: 3}]", "[local, local]"),
+        "models[0].backends[1]",
+        12,
+        "twice",
+    );
+    check_err(&two.replace("    backends:", "    backend: local\n    backends:"), "models[0].backends", 13, "not both");
+}

@@ -1,5 +1,5 @@
-//! The routing snapshot built from one config: model name → route (backend, rename, price and
-//! pre-resolved metric series). Rebuilt whole on reload and swapped in atomically.
+//! The routing snapshot built from one config: model name → route (its backends with weights, the
+//! rename, the price and pre-resolved metric series). Rebuilt whole on reload and swapped in atomically.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::config::Config;
+use crate::config::{Config, WeightedBackend};
 use crate::meter::Record;
 use crate::meter::body::Sink;
 use crate::metrics::{Metrics, ModelSeries, OTHER_MODEL, UpstreamErrorKind};
@@ -20,14 +20,57 @@ use crate::upstream::Upstream;
 pub struct Route {
     /// The configured model name, or `other`.
     pub label: String,
-    pub upstream: Arc<Upstream>,
     pub upstream_model: Option<String>,
+    /// One per backend of the model, in config order.
+    pub targets: Vec<Arc<Target>>,
+}
+
+/// One backend of one model: where a request goes and where its record lands.
+#[derive(Debug)]
+pub struct Target {
+    pub label: String,
+    pub upstream: Arc<Upstream>,
+    pub weight: u32,
     pub price: Option<Price>,
     pub series: Arc<ModelSeries>,
     shutting_down: Arc<AtomicBool>,
 }
 
-impl Sink for Route {
+impl Route {
+    /// Weighted least in-flight among backends in rotation, skipping `exclude` (the one that just
+    /// failed). Ties, such as every backend idle, are broken at random in proportion to weight, so
+    /// light traffic still spreads by weight. When every backend is ejected, the least loaded is
+    /// tried anyway: failing open beats refusing everything.
+    pub fn pick(&self, exclude: Option<&Arc<Target>>) -> Option<Arc<Target>> {
+        let candidates = || self.targets.iter().filter(move |t| exclude.is_none_or(|e| !Arc::ptr_eq(t, e)));
+        let any_available = candidates().any(|t| t.upstream.available());
+        let eligible = || candidates().filter(move |t| !any_available || t.upstream.available());
+        // Compare in_flight / weight by cross-multiplying: no floats, no division.
+        let load = |t: &Target| (t.upstream.series.in_flight().max(0) as u128, u128::from(t.weight));
+        let best = eligible().min_by(|a, b| {
+            let ((ia, wa), (ib, wb)) = (load(a), load(b));
+            (ia * wb).cmp(&(ib * wa))
+        })?;
+        let (ib, wb) = load(best);
+        let tied = || eligible().filter(move |t| load(t).0 * wb == ib * load(t).1);
+        let total: u64 = tied().map(|t| u64::from(t.weight)).sum();
+        let mut ticket = fastrand::u64(0..total.max(1));
+        for t in tied() {
+            if ticket < u64::from(t.weight) {
+                return Some(t.clone());
+            }
+            ticket -= u64::from(t.weight);
+        }
+        Some(best.clone())
+    }
+
+    /// Whether a failed attempt has somewhere else to go.
+    pub fn has_alternative(&self) -> bool {
+        self.targets.len() > 1
+    }
+}
+
+impl Sink for Target {
     fn inter_token(&self, gap: Duration) {
         self.series.observe_inter_token(gap);
     }
@@ -78,23 +121,30 @@ impl Routes {
             .iter()
             .map(|b| Upstream::new(b.clone(), metrics.backend_series(&b.name)).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let route = |label: &str, backend: usize, upstream_model: Option<String>, price: Option<Price>| {
-            let upstream = upstreams[backend].clone();
-            Arc::new(Route {
-                label: label.to_string(),
-                series: metrics.model_series(&upstream.cfg.name, label),
-                upstream,
-                upstream_model,
-                price,
-                shutting_down: shutting_down.clone(),
-            })
+        let route = |label: &str, backends: &[WeightedBackend], upstream_model: Option<String>, price: Option<Price>| {
+            let targets = backends
+                .iter()
+                .map(|b| {
+                    let upstream = upstreams[b.index].clone();
+                    Arc::new(Target {
+                        label: label.to_string(),
+                        series: metrics.model_series(&upstream.cfg.name, label),
+                        upstream,
+                        weight: b.weight,
+                        price: price.clone(),
+                        shutting_down: shutting_down.clone(),
+                    })
+                })
+                .collect();
+            Arc::new(Route { label: label.to_string(), upstream_model, targets })
         };
         let by_model = config
             .models
             .iter()
-            .map(|m| (m.name.clone(), route(&m.name, m.backend, m.upstream_model.clone(), m.price.clone())))
+            .map(|m| (m.name.clone(), route(&m.name, &m.backends, m.upstream_model.clone(), m.price.clone())))
             .collect();
-        let fallback = config.default_backend.map(|b| route(OTHER_MODEL, b, None, None));
+        let fallback =
+            config.default_backend.map(|index| route(OTHER_MODEL, &[WeightedBackend { index, weight: 1 }], None, None));
         let list = serde_json::json!({
             "object": "list",
             "data": config.models.iter().map(|m| serde_json::json!({

@@ -41,11 +41,23 @@ pub struct Script {
     /// Chunked transfer encoding (streams) or Content-Length (computed from all `Send`s).
     pub chunked: bool,
     pub steps: Vec<Step>,
+    /// Send `connection: close` and hang up after the response.
+    pub close: bool,
+    /// Extra header lines, each ending in `\r\n`.
+    pub headers: String,
 }
 
 impl Script {
     pub fn sse(steps: Vec<Step>) -> Script {
-        Script { delay_headers: Duration::ZERO, status: 200, content_type: "text/event-stream", chunked: true, steps }
+        Script {
+            delay_headers: Duration::ZERO,
+            status: 200,
+            content_type: "text/event-stream",
+            chunked: true,
+            steps,
+            close: false,
+            headers: String::new(),
+        }
     }
     pub fn json(status: u16, body: &str) -> Script {
         Script {
@@ -54,6 +66,8 @@ impl Script {
             content_type: "application/json",
             chunked: false,
             steps: vec![Step::Send(Bytes::from(body.to_string()))],
+            close: false,
+            headers: String::new(),
         }
     }
 }
@@ -96,23 +110,36 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// Set when the proxy closed the connection while the script was still writing.
     pub peer_closed: Arc<Mutex<u32>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    /// Stops accepting (frees the port); connections already open finish their scripts.
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
 }
 
 impl Upstream {
     pub async fn start(script: Script) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::start_on("127.0.0.1:0".parse().unwrap(), script).await
+    }
+
+    /// Like [`Upstream::start`] on a given address (to bring a "dead" backend back to life).
+    pub async fn start_on(addr: SocketAddr, script: Script) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let peer_closed = Arc::new(Mutex::new(0));
         let (s, p) = (seen.clone(), peer_closed.clone());
-        tokio::spawn(async move {
+        let accept = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let (script, s, p) = (script.clone(), s.clone(), p.clone());
                 tokio::spawn(async move { serve_one(stream, script, s, p).await });
             }
         });
-        Upstream { addr, seen, peer_closed }
+        Upstream { addr, seen, peer_closed, accept }
     }
 
     pub fn url(&self) -> String {
@@ -158,6 +185,10 @@ async fn serve_one(mut stream: TcpStream, script: Script, seen: Arc<Mutex<Vec<Se
 
         tokio::time::sleep(script.delay_headers).await;
         let mut out = format!("HTTP/1.1 {} Scripted\r\ncontent-type: {}\r\n", script.status, script.content_type);
+        out.push_str(&script.headers);
+        if script.close {
+            out.push_str("connection: close\r\n");
+        }
         if script.chunked {
             out.push_str("transfer-encoding: chunked\r\n\r\n");
         } else {
@@ -196,6 +227,9 @@ async fn serve_one(mut stream: TcpStream, script: Script, seen: Arc<Mutex<Vec<Se
             }
         }
         if script.chunked && stream.write_all(b"0\r\n\r\n").await.is_err() {
+            return;
+        }
+        if script.close {
             return;
         }
     }
