@@ -153,7 +153,8 @@ where
     };
 
     let meter = Meter::new(endpoint, view.stream, received, estimate_prompt_tokens(&view));
-    let call = Call { endpoint, stream: view.stream, client_asked_usage: view.include_usage, parts: &parts, body: &body };
+    let call =
+        Call { endpoint, stream: view.stream, client_asked_usage: view.include_usage, parts: &parts, body: &body };
     let (target, resp, meter, force_usage) = forward_with_failover(&route, &call, meter).await?;
     Ok(respond(target, resp, meter, force_usage, limits))
 }
@@ -197,8 +198,10 @@ async fn forward_with_failover(
         };
         let may_retry = failed.is_none() && route.has_alternative();
         let upstream = &target.upstream;
-        let force_usage =
-            call.endpoint.accepts_stream_options() && call.stream && upstream.cfg.inject_usage && !call.client_asked_usage;
+        let force_usage = call.endpoint.accepts_stream_options()
+            && call.stream
+            && upstream.cfg.inject_usage
+            && !call.client_asked_usage;
         let up = upstream_request(upstream, call, route.upstream_model.as_deref(), force_usage)?;
         upstream.series.in_flight_add(1);
         let sent = Instant::now();
@@ -206,7 +209,11 @@ async fn forward_with_failover(
             Ok(resp) => match refused(&resp) {
                 Some(retry_after) if may_retry => {
                     upstream.on_failure(retry_after);
-                    let kind = if resp.status().is_server_error() { UpstreamErrorKind::Http5xx } else { UpstreamErrorKind::Http4xx };
+                    let kind = if resp.status().is_server_error() {
+                        UpstreamErrorKind::Http5xx
+                    } else {
+                        UpstreamErrorKind::Http4xx
+                    };
                     (kind, None)
                 }
                 refusal => {
@@ -221,9 +228,10 @@ async fn forward_with_failover(
                     return Ok((target, resp, meter, force_usage));
                 }
             },
-            Err(SendError::HeaderTimeout) => {
-                (UpstreamErrorKind::HeaderTimeout, Some((ProxyError::gateway_timeout(&upstream.cfg.name), Outcome::HeaderTimeout)))
-            }
+            Err(SendError::HeaderTimeout) => (
+                UpstreamErrorKind::HeaderTimeout,
+                Some((ProxyError::gateway_timeout(&upstream.cfg.name), Outcome::HeaderTimeout)),
+            ),
             Err(SendError::Connect { kind, detail }) => {
                 tracing::warn!(backend = %upstream.cfg.name, error = %detail, "upstream request failed");
                 upstream.on_failure(None);

@@ -121,23 +121,24 @@ impl Routes {
             .iter()
             .map(|b| Upstream::new(b.clone(), metrics.backend_series(&b.name)).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let route = |label: &str, backends: &[WeightedBackend], upstream_model: Option<String>, price: Option<Price>| {
-            let targets = backends
-                .iter()
-                .map(|b| {
-                    let upstream = upstreams[b.index].clone();
-                    Arc::new(Target {
-                        label: label.to_string(),
-                        series: metrics.model_series(&upstream.cfg.name, label),
-                        upstream,
-                        weight: b.weight,
-                        price: price.clone(),
-                        shutting_down: shutting_down.clone(),
+        let route =
+            |label: &str, backends: &[WeightedBackend], upstream_model: Option<String>, price: Option<Price>| {
+                let targets = backends
+                    .iter()
+                    .map(|b| {
+                        let upstream = upstreams[b.index].clone();
+                        Arc::new(Target {
+                            label: label.to_string(),
+                            series: metrics.model_series(&upstream.cfg.name, label),
+                            upstream,
+                            weight: b.weight,
+                            price: price.clone(),
+                            shutting_down: shutting_down.clone(),
+                        })
                     })
-                })
-                .collect();
-            Arc::new(Route { label: label.to_string(), upstream_model, targets })
-        };
+                    .collect();
+                Arc::new(Route { label: label.to_string(), upstream_model, targets })
+            };
         let by_model = config
             .models
             .iter()
