@@ -2,6 +2,9 @@
 //! - `GET /metrics`: Prometheus text exposition (format 0.0.4).
 //! - `GET /healthz` and `GET /livez`: 200 while the process runs; never checks backends.
 //! - `GET /readyz`: 200 while serving, 503 once shutdown has started (so load balancers drain it).
+//!
+//! With `admin_token_env` set, everything but the three probes needs `Authorization: Bearer <token>`
+//! (probes stay open: orchestrators call them without credentials, and they reveal nothing).
 
 use std::sync::Arc;
 
@@ -23,7 +26,17 @@ pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<Full<Byte
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n");
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    let probe = matches!(path, "/healthz" | "/livez" | "/readyz");
+    if !probe && let Some(token) = &state.routes.load().config.admin_token {
+        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
+            let mut resp = text(StatusCode::UNAUTHORIZED, "text/plain", "admin token required\n");
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    match path {
         "/metrics" => text(StatusCode::OK, CONTENT_TYPE, render(&state.metrics)),
         "/healthz" | "/livez" => text(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" if state.is_shutting_down() => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n"),
@@ -34,4 +47,9 @@ pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<Full<Byte
 
 fn render(metrics: &Metrics) -> String {
     metrics.encode()
+}
+
+/// Compares secrets without an early exit, so response timing does not reveal a matching prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

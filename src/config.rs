@@ -31,6 +31,8 @@ struct RawConfig {
     #[serde(default)]
     tls: Option<RawTls>,
     #[serde(default)]
+    admin_token_env: Option<String>,
+    #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
     default_backend: Option<String>,
@@ -211,6 +213,8 @@ impl fmt::Debug for Secret {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// When set, admin endpoints other than the health probes need `Authorization: Bearer <token>`.
+    pub admin_token: Option<Secret>,
     pub tls: Option<TlsFiles>,
     pub limits: Limits,
     pub backends: Vec<Backend>,
@@ -372,6 +376,17 @@ impl Validator<'_> {
         self.problems.push(Problem { path, line, message: message.into() });
     }
 
+    /// A secret from the environment variable `var`; its absence is a problem at `path`.
+    fn secret(&mut self, path: &str, var: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<Secret> {
+        match env(var) {
+            Some(v) if !v.is_empty() => Some(Secret(v)),
+            _ => {
+                self.problem(path, format!("environment variable `{var}` is not set"));
+                None
+            }
+        }
+    }
+
     fn addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
         match value.parse() {
             Ok(a) => Some(a),
@@ -400,6 +415,7 @@ impl Validator<'_> {
             self.problem("admin_listen", "must differ from `listen`: metrics are served on their own port");
         }
         let limits = self.limits(&raw.limits);
+        let admin_token = raw.admin_token_env.as_ref().and_then(|var| self.secret("admin_token_env", var, env));
         let tls = raw.tls.map(|t| {
             for (key, file) in [("tls.cert_file", &t.cert_file), ("tls.key_file", &t.key_file)] {
                 if !file.is_file() {
@@ -509,6 +525,7 @@ impl Validator<'_> {
         Some(Config {
             listen: listen?,
             admin_listen: admin_listen?,
+            admin_token,
             tls,
             limits,
             backends,
@@ -562,13 +579,7 @@ impl Validator<'_> {
             self.problem(format!("{path}.url"), format!("`{}` is not a valid URL", b.url));
             return None;
         };
-        let api_key = b.api_key_env.as_ref().and_then(|var| match env(var) {
-            Some(v) if !v.is_empty() => Some(Secret(v)),
-            _ => {
-                self.problem(format!("{path}.api_key_env"), format!("environment variable `{var}` is not set"));
-                None
-            }
-        });
+        let api_key = b.api_key_env.as_ref().and_then(|var| self.secret(&format!("{path}.api_key_env"), var, env));
         if let Some(ca) = &b.ca_file
             && !ca.is_file()
         {

@@ -137,6 +137,10 @@ where
     let (parts, body) = req.into_parts();
     let limits = &routes.config.limits;
     let body = read_body(body, &parts.headers, limits.max_request_body_bytes, limits.request_body_timeout).await?;
+    // JSON is UTF-8 (RFC 8259): a body that is not is refused here rather than passed on.
+    if std::str::from_utf8(&body).is_err() {
+        return Err(ProxyError::bad_request("request body is not valid UTF-8"));
+    }
     let view = parse_request(&body).map_err(ProxyError::bad_request)?;
     let model = view.model.as_deref().ok_or_else(ProxyError::missing_model)?;
     let route = match routes.route(model) {
@@ -189,21 +193,24 @@ fn refused(resp: &Response<Incoming>) -> Option<Option<std::time::Duration>> {
 async fn forward_with_failover(
     route: &Route,
     call: &Call<'_>,
-    mut meter: Meter,
+    meter: Meter,
 ) -> Result<(Arc<Target>, Response<Incoming>, Meter, bool), ProxyError> {
+    let mut meter = meter;
     let mut failed: Option<Arc<Target>> = None;
     loop {
         let Some(target) = route.pick(failed.as_ref()) else {
             return Err(ProxyError::model_not_found(&route.label));
         };
         let may_retry = failed.is_none() && route.has_alternative();
-        let upstream = &target.upstream;
+        let upstream = target.upstream.clone();
         let force_usage = call.endpoint.accepts_stream_options()
             && call.stream
             && upstream.cfg.inject_usage
             && !call.client_asked_usage;
-        let up = upstream_request(upstream, call, route.upstream_model.as_deref(), force_usage)?;
-        upstream.series.in_flight_add(1);
+        let up = upstream_request(&upstream, call, route.upstream_model.as_deref(), force_usage)?;
+        // From here until the response is handed to the body wrapper, a dropped handler (the
+        // client went away, or an HTTP/2 reset) still yields the request's one record.
+        let attempt = Attempt::start(target, meter);
         let sent = Instant::now();
         let failure = match upstream.send(up).await {
             Ok(resp) => match refused(&resp) {
@@ -224,6 +231,7 @@ async fn forward_with_failover(
                     }
                     let now = Instant::now();
                     upstream.series.observe_header_wait(now.duration_since(sent));
+                    let (target, mut meter) = attempt.hand_over();
                     meter.on_headers(resp.status().as_u16(), now);
                     return Ok((target, resp, meter, force_usage));
                 }
@@ -239,19 +247,62 @@ async fn forward_with_failover(
                 (kind, fatal)
             }
         };
-        match failure {
-            (kind, Some((error, outcome))) => {
-                target.upstream_error(kind);
-                meter.set_status(error.status.as_u16());
-                target.finish(meter.finish(outcome, Instant::now()));
+        upstream.series.upstream_error(failure.0);
+        match failure.1 {
+            Some((error, outcome)) => {
+                attempt.fail(error.status.as_u16(), outcome);
                 return Err(error);
             }
-            (kind, None) => {
-                target.upstream_error(kind);
-                upstream.series.in_flight_add(-1);
+            None => {
                 upstream.series.retried_elsewhere();
+                let (target, m) = attempt.abandon();
+                meter = m;
                 failed = Some(target);
             }
+        }
+    }
+}
+
+/// One request on one backend before its response headers: counts it in flight, and if dropped
+/// unfinished (the handler future was cancelled) records it as a client disconnect or shutdown.
+struct Attempt {
+    target: Arc<Target>,
+    meter: Option<Meter>,
+}
+
+impl Attempt {
+    fn start(target: Arc<Target>, meter: Meter) -> Attempt {
+        target.upstream.series.in_flight_add(1);
+        Attempt { target, meter: Some(meter) }
+    }
+
+    /// The response arrived: the body wrapper takes over the meter (and the in-flight count).
+    fn hand_over(mut self) -> (Arc<Target>, Meter) {
+        let meter = self.meter.take().unwrap_or_else(|| unreachable!("an attempt's meter is taken once"));
+        (self.target.clone(), meter)
+    }
+
+    /// Failed without a response: the record carries the status tollgate answers with.
+    fn fail(mut self, status: u16, outcome: Outcome) {
+        if let Some(mut meter) = self.meter.take() {
+            meter.set_status(status);
+            self.target.finish(meter.finish(outcome, Instant::now()));
+        }
+    }
+
+    /// Failed before any byte and will be retried elsewhere: no record, the meter goes on.
+    fn abandon(mut self) -> (Arc<Target>, Meter) {
+        self.target.upstream.series.in_flight_add(-1);
+        let meter = self.meter.take().unwrap_or_else(|| unreachable!("an attempt's meter is taken once"));
+        (self.target.clone(), meter)
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if let Some(meter) = self.meter.take() {
+            let outcome = if self.target.shutting_down() { Outcome::Shutdown } else { Outcome::ClientDisconnect };
+            self.target.finish(meter.finish(outcome, Instant::now()));
         }
     }
 }

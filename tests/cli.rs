@@ -5,7 +5,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -15,42 +14,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
 fn tollgate(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn temp_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tollgate-cli-{}-{}", std::process::id(), fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// A child process killed when the test ends, whatever happens.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn signal(p: &Proc, sig: &str) {
-    assert!(Command::new("kill").args([sig, &p.0.id().to_string()]).status().unwrap().success());
-}
-
-async fn wait_healthy(admin: SocketAddr) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(admin).await.is_ok() && get(admin, "/healthz").await.0 == 200 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("tollgate did not become healthy");
 }
 
 struct Ports {
@@ -83,19 +46,7 @@ models:
 }
 
 fn ports() -> Ports {
-    let a = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    Ports { proxy: a(free_port()), admin: a(free_port()), sim: a(free_port()) }
-}
-
-fn serve(config: &Path) -> Proc {
-    let child = Command::new(BIN)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("TOLLGATE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc(child)
+    Ports { proxy: free_addr(), admin: free_addr(), sim: free_addr() }
 }
 
 #[test]
@@ -137,8 +88,7 @@ fn help_everywhere() {
 async fn serve_meters_the_simulator_and_reloads_on_sighup() {
     let p = ports();
     let path = temp_file("tollgate.yaml", &sim_config(&p, ""));
-    let proc = serve(&path);
-    wait_healthy(p.admin).await;
+    let proc = Served::start(&path, p.admin, &[]).await;
 
     let resp = post(
         p.proxy,
@@ -164,7 +114,7 @@ async fn serve_meters_the_simulator_and_reloads_on_sighup() {
 
     // A broken config is rejected and the old one keeps serving.
     std::fs::write(&path, sim_config(&p, "  - name: broken\n    backend: nowhere\n")).unwrap();
-    signal(&proc, "-HUP");
+    proc.signal("-HUP");
     let m = wait_metric(p.admin, "tollgate_config_reloads_total{result=\"failure\"}", 1.0).await;
     assert!(m.contains("tollgate_config_reloads_total{result=\"success\"} 0"));
     assert_eq!(
@@ -176,7 +126,7 @@ async fn serve_meters_the_simulator_and_reloads_on_sighup() {
 
     // A good one is swapped in.
     std::fs::write(&path, sim_config(&p, "  - name: sim-slow\n    backend: sim\n")).unwrap();
-    signal(&proc, "-HUP");
+    proc.signal("-HUP");
     wait_metric(p.admin, "tollgate_config_reloads_total{result=\"success\"}", 1.0).await;
     let (_, models) = get(p.proxy, "/v1/models").await;
     assert!(models.contains("\"sim-slow\""), "{models}");
@@ -197,8 +147,7 @@ async fn wait_metric(admin: SocketAddr, series: &str, at_least: f64) -> String {
 async fn sigterm_drains_streams_in_flight() {
     let p = ports();
     let path = temp_file("tollgate.yaml", &sim_config(&p, "  - name: sim-slow\n    backend: sim\n"));
-    let mut proc = serve(&path);
-    wait_healthy(p.admin).await;
+    let mut proc = Served::start(&path, p.admin, &[]).await;
 
     // A stream of 15 tokens at 10/s: about 1.5 s long.
     let resp = post(
@@ -209,7 +158,7 @@ async fn sigterm_drains_streams_in_flight() {
     .await;
     let reading = tokio::spawn(text(resp));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    signal(&proc, "-TERM");
+    proc.signal("-TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Draining: not ready, and no new connections on the proxy port.
     assert_eq!(get(p.admin, "/readyz").await.0, 503);
@@ -217,7 +166,7 @@ async fn sigterm_drains_streams_in_flight() {
     let body = reading.await.unwrap();
     assert_eq!(body.matches("\"content\"").count(), 15, "the stream was cut: {body}");
     assert!(body.ends_with("data: [DONE]\n\n"));
-    let status = tokio::task::spawn_blocking(move || proc.0.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || proc.child.wait()).await.unwrap().unwrap();
     assert!(status.success());
 }
 
@@ -225,14 +174,20 @@ async fn sigterm_drains_streams_in_flight() {
 async fn simulate_runs_alone() {
     let p = ports();
     let path = temp_file("tollgate.yaml", &sim_config(&p, ""));
-    let port = free_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = free_addr();
     let child = Command::new(BIN)
         .args(["simulate", "--config", path.to_str().unwrap(), "--listen", &addr.to_string()])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _proc = Proc(child);
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _proc = Kill(child);
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             break;

@@ -15,6 +15,10 @@ fn python() -> String {
     if let Ok(p) = std::env::var("TOLLGATE_TEST_PYTHON") {
         return p;
     }
+    let venv = format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR"));
+    if std::path::Path::new(&venv).exists() {
+        return venv;
+    }
     let ok = Command::new("python3").args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
     assert!(ok, "the OpenAI Python SDK is not installed: run the suite with scripts/test (it creates .venv)");
     "python3".into()
