@@ -29,7 +29,11 @@ pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<Full<Byte
     let path = req.uri().path();
     let probe = matches!(path, "/healthz" | "/livez" | "/readyz");
     if !probe && let Some(token) = &state.routes.load().config.admin_token {
-        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
             let mut resp = text(StatusCode::UNAUTHORIZED, "text/plain", "admin token required\n");
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
