@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
+use crate::meter::body::Cutoff;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Routes, State};
 use crate::server::{self, ServeOptions};
@@ -102,16 +103,19 @@ pub async fn start(config: Config, source: ConfigSource) -> anyhow::Result<Runni
 
     let metrics = Arc::new(Metrics::new());
     let shutting_down = Arc::new(AtomicBool::new(false));
-    let routes = Routes::build(config, &metrics, &shutting_down)?;
-    let state = Arc::new(State::new(routes, metrics, shutting_down));
+    let cutoff = Arc::new(Cutoff::default());
+    let routes = Routes::build(config, &metrics, &shutting_down, &cutoff)?;
+    let state = Arc::new(State::new(routes, metrics, shutting_down, cutoff.clone()));
 
     let s = state.clone();
     let handler = move |req| proxy::handle(s.clone(), req);
-    let proxy_task = tokio::spawn(server::serve(proxy_listener, tls, opts.clone(), handler, stop_proxy_rx));
+    let at_deadline = move || cutoff.fire();
+    let proxy_task =
+        tokio::spawn(server::serve(proxy_listener, tls, opts.clone(), handler, stop_proxy_rx, at_deadline));
     let s = state.clone();
     let admin_handler = move |req| crate::admin::handle(s.clone(), req);
     let admin_opts = ServeOptions { drain_timeout: Duration::from_secs(1), ..opts };
-    rest_tasks.push(tokio::spawn(server::serve(admin_listener, None, admin_opts, admin_handler, stop_rest_rx)));
+    rest_tasks.push(tokio::spawn(server::serve(admin_listener, None, admin_opts, admin_handler, stop_rest_rx, || {})));
     tracing::info!(%proxy_addr, %admin_addr, "tollgate listening");
     Ok(Running {
         proxy_addr,
@@ -147,8 +151,8 @@ impl Running {
         if config.listen != current.config.listen || config.admin_listen != current.config.admin_listen {
             tracing::warn!("listen addresses changed: they take effect at the next restart");
         }
-        let routes =
-            Routes::build(config, &self.state.metrics, &self.state.shutting_down).map_err(|e| e.to_string())?;
+        let routes = Routes::build(config, &self.state.metrics, &self.state.shutting_down, &self.state.cutoff)
+            .map_err(|e| e.to_string())?;
         self.state.routes.store(Arc::new(routes));
         Ok(())
     }

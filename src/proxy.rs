@@ -20,7 +20,7 @@ use tokio::time::Instant;
 pub use routes::{Route, Routes, Target};
 
 use crate::error::ProxyError;
-use crate::meter::body::{BoxError, MeteredBody, Mode, Sink};
+use crate::meter::body::{BoxError, Cutoff, MeteredBody, Mode, Sink};
 use crate::meter::{Meter, Outcome};
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::openai::{Endpoint, estimate_prompt_tokens, parse_request, rewrite_request};
@@ -33,11 +33,13 @@ pub struct State {
     pub routes: ArcSwap<Routes>,
     pub metrics: Arc<Metrics>,
     pub shutting_down: Arc<AtomicBool>,
+    /// Fired at the drain deadline: streams still running end with an error event.
+    pub cutoff: Arc<Cutoff>,
 }
 
 impl State {
-    pub fn new(routes: Routes, metrics: Arc<Metrics>, shutting_down: Arc<AtomicBool>) -> State {
-        State { routes: ArcSwap::from_pointee(routes), metrics, shutting_down }
+    pub fn new(routes: Routes, metrics: Arc<Metrics>, shutting_down: Arc<AtomicBool>, cutoff: Arc<Cutoff>) -> State {
+        State { routes: ArcSwap::from_pointee(routes), metrics, shutting_down, cutoff }
     }
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)

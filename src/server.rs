@@ -49,13 +49,19 @@ pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> anyhow::Result<TlsAcce
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// Serves `handler` on `listener` until `shutdown` turns true, then drains.
+/// How long responses cut at the drain deadline get to send their closing error event.
+const CUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves `handler` on `listener` until `shutdown` turns true, then drains: in-flight responses get
+/// `drain_timeout`; then `at_deadline` runs (it tells streams to end with an error event), and what
+/// is still open after a short grace is dropped.
 pub async fn serve<H, Fut, B>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     opts: ServeOptions,
     handler: H,
     mut shutdown: watch::Receiver<bool>,
+    at_deadline: impl FnOnce(),
 ) where
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
@@ -114,10 +120,14 @@ pub async fn serve<H, Fut, B>(
         }
     }
     drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(opts.drain_timeout) => {
-            tracing::warn!(drain_timeout_ms = opts.drain_timeout.as_millis() as u64, "drain timeout: cutting the connections still open");
-        }
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
+    if tokio::time::timeout(opts.drain_timeout, drained.as_mut()).await.is_err() {
+        tracing::warn!(
+            drain_timeout_ms = opts.drain_timeout.as_millis() as u64,
+            "drain deadline passed: ending the streams still open"
+        );
+        at_deadline();
+        let _ = tokio::time::timeout(CUT_GRACE, drained).await;
     }
 }

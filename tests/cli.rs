@@ -198,3 +198,47 @@ async fn simulate_runs_alone() {
     assert_eq!(status, 200);
     assert!(body.contains("sim-fast") && body.contains("sim-slow"));
 }
+
+#[tokio::test]
+async fn sigterm_under_load_finishes_or_ends_every_stream_loudly() {
+    // 100 streams of about 1.5 s, drain deadline 10 s: every one completes.
+    let p = ports();
+    let path = temp_file("tollgate.yaml", &sim_config(&p, "  - name: sim-slow\n    backend: sim\n"));
+    let mut proc = Served::start(&path, p.admin, &[]).await;
+    let body = r#"{"model":"sim-slow","stream":true,"messages":[{"role":"user","content":"x"}]}"#;
+    let mut readers = Vec::new();
+    for _ in 0..100 {
+        let resp = post(p.proxy, "/v1/chat/completions", body).await;
+        readers.push(tokio::spawn(text(resp)));
+    }
+    proc.signal("-TERM");
+    for r in readers {
+        let out = r.await.unwrap();
+        assert!(out.ends_with("data: [DONE]\n\n"), "a stream was cut: {out}");
+    }
+    let status = tokio::task::spawn_blocking(move || proc.child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+
+    // Streams of 15 s with a 500 ms deadline: each ends with an error event, none silently.
+    let p = ports();
+    let yaml = sim_config(&p, "  - name: sim-slow\n    backend: sim\n")
+        .replace("drain_timeout_ms: 10000", "drain_timeout_ms: 500")
+        .replace("tokens_per_second: 10, output_tokens: 15", "tokens_per_second: 1, output_tokens: 15");
+    let path = temp_file("tollgate.yaml", &yaml);
+    let mut proc = Served::start(&path, p.admin, &[]).await;
+    let mut readers = Vec::new();
+    for _ in 0..20 {
+        let resp = post(p.proxy, "/v1/chat/completions", body).await;
+        readers.push(tokio::spawn(text(resp)));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = tokio::time::Instant::now();
+    proc.signal("-TERM");
+    for r in readers {
+        let out = r.await.unwrap();
+        assert!(out.ends_with("\"code\":\"server_shutdown\"}}\n\n"), "a stream was cut silently: {out}");
+    }
+    let status = tokio::task::spawn_blocking(move || proc.child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+}

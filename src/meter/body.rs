@@ -4,11 +4,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
 use super::{Meter, Outcome, Record};
@@ -29,6 +32,29 @@ pub trait Sink: Send + Sync + 'static {
     fn finish(&self, record: Record);
     /// Whether the process is shutting down (a dropped body then means `shutdown`, not a client leaving).
     fn shutting_down(&self) -> bool;
+    /// The signal that ends bodies still streaming when the drain deadline passes.
+    fn cutoff(&self) -> Option<&Arc<Cutoff>> {
+        None
+    }
+}
+
+/// Fired when the drain deadline passes: bodies still streaming end with an OpenAI-shaped error
+/// event (and outcome `shutdown`) instead of being cut silently when the process exits.
+#[derive(Debug, Default)]
+pub struct Cutoff {
+    fired: AtomicBool,
+    notify: Arc<Notify>,
+}
+
+impl Cutoff {
+    pub fn fire(&self) {
+        self.fired.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
 }
 
 /// How the body is read.
@@ -65,6 +91,8 @@ pub struct MeteredBody<B> {
     /// An error event to send before ending (SSE only).
     trailer: Option<Bytes>,
     done: bool,
+    /// Wakes this body when the drain deadline passes.
+    cut: Option<(Arc<Cutoff>, Pin<Box<OwnedNotified>>)>,
 }
 
 impl<B> MeteredBody<B>
@@ -80,6 +108,7 @@ where
         sink: Arc<dyn Sink>,
         idle_timeout: Duration,
     ) -> Self {
+        let cut = sink.cutoff().map(|c| (c.clone(), Box::pin(c.notify.clone().notified_owned())));
         MeteredBody {
             inner,
             mode,
@@ -90,6 +119,7 @@ where
             idle_timeout,
             trailer: None,
             done: false,
+            cut,
         }
     }
 
@@ -238,6 +268,9 @@ where
             if this.done {
                 return Poll::Ready(None);
             }
+            if this.cut.as_ref().is_some_and(|(c, _)| c.fired()) {
+                return this.cut_off();
+            }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let now = Instant::now();
@@ -268,6 +301,12 @@ where
                     }
                 }
                 Poll::Pending => {
+                    if let Some((cutoff, wait)) = this.cut.as_mut() {
+                        // Registered first, then checked: a fire in between is not missed.
+                        if wait.as_mut().poll(cx).is_ready() || cutoff.fired() {
+                            return this.cut_off();
+                        }
+                    }
                     ready!(this.idle.as_mut().poll(cx));
                     this.sink.upstream_error(UpstreamErrorKind::IdleTimeout);
                     let in_band = this
@@ -309,6 +348,18 @@ where
         let outcome = self.end_outcome;
         self.finalize(outcome);
         self.done = true;
+    }
+
+    /// The drain deadline passed with this body still streaming.
+    fn cut_off(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.cut = None;
+        let in_band = self.fail_in_band("tollgate is shutting down and the drain deadline passed", "server_shutdown");
+        self.finalize(Outcome::Shutdown);
+        self.done = true;
+        match self.trailer.take() {
+            Some(t) if in_band => Poll::Ready(Some(Ok(Frame::data(t)))),
+            _ => Poll::Ready(Some(Err("tollgate is shutting down".into()))),
+        }
     }
 
     /// For event streams, ends the body with an OpenAI-shaped error event; returns false for other

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::config::{Config, WeightedBackend};
 use crate::meter::Record;
-use crate::meter::body::Sink;
+use crate::meter::body::{Cutoff, Sink};
 use crate::metrics::{Metrics, ModelSeries, OTHER_MODEL, UpstreamErrorKind};
 use crate::pricing::Price;
 use crate::upstream::Upstream;
@@ -34,6 +34,7 @@ pub struct Target {
     pub price: Option<Price>,
     pub series: Arc<ModelSeries>,
     shutting_down: Arc<AtomicBool>,
+    cutoff: Arc<Cutoff>,
 }
 
 impl Route {
@@ -101,6 +102,10 @@ impl Sink for Target {
     fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
     }
+
+    fn cutoff(&self) -> Option<&Arc<Cutoff>> {
+        Some(&self.cutoff)
+    }
 }
 
 /// The immutable routing table of one config.
@@ -115,7 +120,12 @@ pub struct Routes {
 
 impl Routes {
     /// Builds clients and resolves every metric series the config can produce.
-    pub fn build(config: Config, metrics: &Metrics, shutting_down: &Arc<AtomicBool>) -> anyhow::Result<Routes> {
+    pub fn build(
+        config: Config,
+        metrics: &Metrics,
+        shutting_down: &Arc<AtomicBool>,
+        cutoff: &Arc<Cutoff>,
+    ) -> anyhow::Result<Routes> {
         let upstreams = config
             .backends
             .iter()
@@ -134,6 +144,7 @@ impl Routes {
                             weight: b.weight,
                             price: price.clone(),
                             shutting_down: shutting_down.clone(),
+                            cutoff: cutoff.clone(),
                         })
                     })
                     .collect();

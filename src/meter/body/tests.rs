@@ -25,6 +25,7 @@ struct TestSink {
     records: Mutex<Vec<Record>>,
     gaps: Mutex<Vec<Duration>>,
     errors: Mutex<Vec<UpstreamErrorKind>>,
+    cutoff: Arc<Cutoff>,
 }
 
 impl Sink for TestSink {
@@ -39,6 +40,9 @@ impl Sink for TestSink {
     }
     fn shutting_down(&self) -> bool {
         false
+    }
+    fn cutoff(&self) -> Option<&Arc<Cutoff>> {
+        Some(&self.cutoff)
     }
 }
 
@@ -184,4 +188,20 @@ async fn an_overlong_line_stops_metering_but_not_forwarding() {
     let (out, sink) = run(Mode::sse(1024, true), &[&all[..]]).await;
     assert_eq!(out, all);
     assert_eq!(sink.records.lock().unwrap()[0].usage_missing, Some(crate::meter::MissingReason::Overflow));
+}
+
+#[tokio::test]
+async fn the_drain_deadline_ends_a_stream_with_an_error_event() {
+    let (tx, body, sink) = metered(Mode::sse(1 << 20, false), Duration::from_secs(60));
+    tx.send(Ok(Bytes::from_static(CONTENT))).unwrap();
+    let cutoff = sink.cutoff.clone();
+    let reader = tokio::spawn(async move { body.collect().await.unwrap().to_bytes() });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    cutoff.fire();
+    let out = tokio::time::timeout(Duration::from_secs(2), reader).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with(std::str::from_utf8(CONTENT).unwrap()));
+    assert!(text.ends_with("\"code\":\"server_shutdown\"}}\n\n"), "{text}");
+    assert_eq!(sink.records.lock().unwrap()[0].outcome, Outcome::Shutdown);
+    drop(tx);
 }
