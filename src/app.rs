@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::accounting::Accounting;
 use crate::config::{Config, ConfigError};
 use crate::meter::body::Cutoff;
 use crate::metrics::Metrics;
@@ -104,8 +105,10 @@ pub async fn start(config: Config, source: ConfigSource) -> anyhow::Result<Runni
     let metrics = Arc::new(Metrics::new());
     let shutting_down = Arc::new(AtomicBool::new(false));
     let cutoff = Arc::new(Cutoff::default());
-    let routes = Routes::build(config, &metrics, &shutting_down, &cutoff)?;
-    let state = Arc::new(State::new(routes, metrics, shutting_down, cutoff.clone()));
+    let accounting = Arc::new(Accounting::start(&config.spend)?);
+    metrics.set_accounting(accounting.clone());
+    let routes = Routes::build(config, &metrics, &accounting, &shutting_down, &cutoff)?;
+    let state = Arc::new(State::new(routes, metrics, shutting_down, cutoff.clone(), accounting));
 
     let s = state.clone();
     let handler = move |req| proxy::handle(s.clone(), req);
@@ -151,8 +154,15 @@ impl Running {
         if config.listen != current.config.listen || config.admin_listen != current.config.admin_listen {
             tracing::warn!("listen addresses changed: they take effect at the next restart");
         }
-        let routes = Routes::build(config, &self.state.metrics, &self.state.shutting_down, &self.state.cutoff)
-            .map_err(|e| e.to_string())?;
+        self.state.accounting.reload(&config.spend).map_err(|e| e.to_string())?;
+        let routes = Routes::build(
+            config,
+            &self.state.metrics,
+            &self.state.accounting,
+            &self.state.shutting_down,
+            &self.state.cutoff,
+        )
+        .map_err(|e| e.to_string())?;
         self.state.routes.store(Arc::new(routes));
         Ok(())
     }
@@ -166,6 +176,9 @@ impl Running {
     /// Waits for the proxy to drain (after [`Running::shutdown`]), then stops the rest.
     pub async fn wait(self) {
         let _ = self.proxy_task.await;
+        // Every request has its record by now: put the ledger on disk before the process ends.
+        let accounting = self.state.accounting.clone();
+        let _ = tokio::task::spawn_blocking(move || accounting.flush()).await;
         let _ = self.stop_rest.send(true);
         for t in self.rest_tasks {
             let _ = t.await;

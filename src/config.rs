@@ -2,6 +2,7 @@
 //! Every config key the program reads is declared here; every problem names its key path and line.
 
 mod lines;
+mod spend;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,6 +15,8 @@ use serde::Deserialize;
 use crate::pricing::{Price, deserialize_decimal, deserialize_opt_decimal};
 use crate::simulate::SimModel;
 use lines::LineIndex;
+pub use spend::{LedgerConfig, Spend, Webhook, WebhookFormat};
+use spend::{RawAlerts, RawBudget, RawClient, RawLedger, RawSpend};
 
 /// Model names that clients may not configure, because they are reserved metric label values.
 pub const RESERVED_MODEL_LABELS: &[&str] = &["other"];
@@ -42,6 +45,18 @@ struct RawConfig {
     models: Vec<RawModel>,
     #[serde(default)]
     simulator: Option<RawSimulator>,
+    #[serde(default)]
+    timezone: Option<String>,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+    #[serde(default)]
+    require_client_key: bool,
+    #[serde(default)]
+    ledger: Option<RawLedger>,
+    #[serde(default)]
+    budgets: Vec<RawBudget>,
+    #[serde(default)]
+    alerts: Option<RawAlerts>,
 }
 
 fn default_listen() -> String {
@@ -222,6 +237,8 @@ pub struct Config {
     /// Index into `backends` of the backend that receives models the config does not list.
     pub default_backend: Option<usize>,
     pub simulator: Option<SimulatorConfig>,
+    /// Teams, the ledger, budgets, alerts.
+    pub spend: Spend,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -515,6 +532,18 @@ impl Validator<'_> {
             found
         });
         let simulator = raw.simulator.and_then(|s| self.simulator(s));
+        let model_names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+        let spend = self.spend(
+            RawSpend {
+                timezone: raw.timezone,
+                clients: raw.clients,
+                require_client_key: raw.require_client_key,
+                ledger: raw.ledger,
+                budgets: raw.budgets,
+                alerts: raw.alerts,
+            },
+            &model_names,
+        );
         if let (Some(sim), Some(l), Some(a)) = (&simulator, listen, admin_listen)
             && sim.listen.port() != 0
             && (sim.listen == l || sim.listen == a)
@@ -532,6 +561,7 @@ impl Validator<'_> {
             models,
             default_backend,
             simulator,
+            spend,
         })
     }
 

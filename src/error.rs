@@ -18,6 +18,8 @@ pub struct ProxyError {
     pub message: String,
     /// Set when tollgate refused the request without forwarding it.
     pub reject: Option<RejectReason>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ProxyError {
@@ -29,6 +31,7 @@ impl ProxyError {
             param: None,
             message,
             reject: Some(reason),
+            retry_after_secs: None,
         }
     }
 
@@ -96,6 +99,7 @@ impl ProxyError {
             param: None,
             message: format!("backend `{backend}` could not be reached"),
             reject: None,
+            retry_after_secs: None,
         }
     }
 
@@ -107,6 +111,31 @@ impl ProxyError {
             param: None,
             message: format!("backend `{backend}` sent no response headers in time"),
             reject: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// 401: `require_client_key` is on and the request's key is missing or unknown.
+    pub fn invalid_api_key() -> ProxyError {
+        Self::refuse(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            RejectReason::Unauthorized,
+            "Incorrect API key provided: this gateway requires a key listed in its `clients`".into(),
+        )
+    }
+
+    /// 429: an enforced budget is spent until its period resets.
+    pub fn budget_exceeded(budget: &str, resets_at_ms: i64, now_ms: i64) -> ProxyError {
+        let reset = jiff::Timestamp::from_millisecond(resets_at_ms).map(|t| t.to_string()).unwrap_or_default();
+        ProxyError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "budget_exceeded",
+            code: Some("budget_exceeded"),
+            param: None,
+            message: format!("Budget `{budget}` is spent for this period; it resets at {reset}"),
+            reject: Some(RejectReason::BudgetExceeded),
+            retry_after_secs: Some(u64::try_from((resets_at_ms - now_ms).max(0) / 1000 + 1).unwrap_or(1)),
         }
     }
 

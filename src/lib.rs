@@ -11,15 +11,24 @@
 //! - [`sse`]: the incremental Server-Sent Events parser.
 //! - [`meter`]: the per-request accumulator and the metered response body.
 //! - [`pricing`]: exact decimal prices and costs.
+//! - [`teams`]: client keys (hashed) → teams.
+//! - [`ledger`]: the durable per-request spend ledger (SQLite) and `tollgate report`.
+//! - [`budget`]: calendar budgets, reservations, projections.
+//! - [`accounting`]: per process: budget checks before, ledger + budgets + alerts after a request.
+//! - [`alerts`]: budget alerts delivered to webhooks.
 //! - [`metrics`]: every Prometheus metric, lock-free series.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own port.
 //! - [`error`]: OpenAI-shaped errors tollgate answers itself.
 //! - [`simulate`]: the built-in OpenAI-compatible simulator.
 
+pub mod accounting;
 pub mod admin;
+pub mod alerts;
 pub mod app;
+pub mod budget;
 pub mod config;
 pub mod error;
+pub mod ledger;
 pub mod meter;
 pub mod metrics;
 pub mod openai;
@@ -28,4 +37,5 @@ pub mod proxy;
 pub mod server;
 pub mod simulate;
 pub mod sse;
+pub mod teams;
 pub mod upstream;

@@ -6,15 +6,13 @@
 //! handful of relaxed atomic adds: no lock, no label allocation, no lookup by string. Scrapes walk
 //! the series lists under a mutex that only config loads share.
 
+mod export;
 mod histogram;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 pub use histogram::Histogram;
@@ -94,16 +92,20 @@ pub enum RejectReason {
     NotFound,
     MethodNotAllowed,
     Timeout,
+    Unauthorized,
+    BudgetExceeded,
 }
 
 impl RejectReason {
-    const ALL: [RejectReason; 6] = [
+    pub(crate) const ALL: [RejectReason; 8] = [
         RejectReason::BadRequest,
         RejectReason::ModelNotFound,
         RejectReason::BodyTooLarge,
         RejectReason::NotFound,
         RejectReason::MethodNotAllowed,
         RejectReason::Timeout,
+        RejectReason::Unauthorized,
+        RejectReason::BudgetExceeded,
     ];
     fn as_str(self) -> &'static str {
         match self {
@@ -113,6 +115,8 @@ impl RejectReason {
             RejectReason::NotFound => "not_found",
             RejectReason::MethodNotAllowed => "method_not_allowed",
             RejectReason::Timeout => "client_timeout",
+            RejectReason::Unauthorized => "unauthorized",
+            RejectReason::BudgetExceeded => "budget_exceeded",
         }
     }
 }
@@ -139,12 +143,8 @@ pub struct ModelSeries {
     tpot: Histogram,
     tps: Histogram,
     itl: Histogram,
-    /// [input/output][reported/estimated]
-    tokens: [[AtomicU64; 2]; 2],
     cached_input: AtomicU64,
     reasoning_output: AtomicU64,
-    /// Spend in whole nano-dollars, per usage source: money is never accumulated in f64.
-    cost_nano_usd: [AtomicU64; 2],
     unpriced: AtomicU64,
     usage_missing: [AtomicU64; 4],
 }
@@ -160,10 +160,8 @@ impl ModelSeries {
             tpot: Histogram::new(TPOT_BUCKETS),
             tps: Histogram::new(TPS_BUCKETS),
             itl: Histogram::new(TPOT_BUCKETS),
-            tokens: [counters(), counters()],
             cached_input: AtomicU64::new(0),
             reasoning_output: AtomicU64::new(0),
-            cost_nano_usd: counters(),
             unpriced: AtomicU64::new(0),
             usage_missing: counters(),
         }
@@ -174,8 +172,9 @@ impl ModelSeries {
         self.itl.observe(gap.as_secs_f64());
     }
 
-    /// Records a finished request; `price` is the model's (None: unpriced). Returns the exact cost.
-    pub fn record(&self, r: &Record, price: Option<&Price>) -> Option<rust_decimal::Decimal> {
+    /// Records a finished request; `price` is the model's (None: unpriced), `spend` the series of
+    /// the request's team. Returns the exact cost.
+    pub fn record(&self, r: &Record, price: Option<&Price>, spend: &SpendSeries) -> Option<rust_decimal::Decimal> {
         self.requests[request_cell(r.endpoint, r.stream, r.status, r.outcome)].fetch_add(1, Relaxed);
         self.duration[r.endpoint.index() * 2 + usize::from(r.stream)].observe(r.duration.as_secs_f64());
         if let Some(t) = r.ttft {
@@ -191,8 +190,8 @@ impl ModelSeries {
             self.usage_missing[reason.index()].fetch_add(1, Relaxed);
         }
         let (usage, source) = r.usage?;
-        self.tokens[0][source.index()].fetch_add(usage.input, Relaxed);
-        self.tokens[1][source.index()].fetch_add(usage.output, Relaxed);
+        spend.tokens[0][source.index()].fetch_add(usage.input, Relaxed);
+        spend.tokens[1][source.index()].fetch_add(usage.output, Relaxed);
         self.cached_input.fetch_add(usage.cached_input, Relaxed);
         self.reasoning_output.fetch_add(usage.reasoning, Relaxed);
         let Some(price) = price else {
@@ -200,9 +199,30 @@ impl ModelSeries {
             return None;
         };
         let cost = price.cost(&usage);
-        self.cost_nano_usd[source.index()].fetch_add(to_nano_usd(cost), Relaxed);
+        spend.cost_nano_usd[source.index()].fetch_add(to_nano_usd(cost), Relaxed);
         Some(cost)
     }
+}
+
+/// Tokens and spend of one backend × model × team.
+#[derive(Debug)]
+pub struct SpendSeries {
+    backend: String,
+    model: String,
+    team: String,
+    /// [input/output][reported/estimated]
+    tokens: [[AtomicU64; 2]; 2],
+    /// Spend in whole nano-dollars, per usage source: money is never accumulated in f64.
+    cost_nano_usd: [AtomicU64; 2],
+}
+
+/// What the exporter reads from the accounting side (budgets, ledger, alerts) at scrape time.
+pub trait AccountingView: Send + Sync + std::fmt::Debug {
+    fn budgets(&self) -> Vec<crate::budget::Snapshot>;
+    /// Ledger rows (written, dropped because the queue was full, failed to write).
+    fn ledger_rows(&self) -> (u64, u64, u64);
+    /// Alert deliveries (succeeded, failed after retries).
+    fn alert_deliveries(&self) -> (u64, u64);
 }
 
 /// The series of one backend.
@@ -243,8 +263,10 @@ impl BackendSeries {
 struct Store {
     models: Mutex<Vec<Arc<ModelSeries>>>,
     backends: Mutex<Vec<Arc<BackendSeries>>>,
+    spend: Mutex<Vec<Arc<SpendSeries>>>,
+    accounting: std::sync::OnceLock<Arc<dyn AccountingView>>,
     label_overflow: AtomicU64,
-    rejected: [AtomicU64; 6],
+    rejected: [AtomicU64; 8],
     reloads: [AtomicU64; 2],
 }
 
@@ -270,7 +292,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let store = Arc::new(Store::default());
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(Exporter(store.clone())));
+        registry.register_collector(Box::new(export::Exporter(store.clone())));
         Metrics { store, registry }
     }
 
@@ -283,6 +305,28 @@ impl Metrics {
         let s = Arc::new(ModelSeries::new(backend, model));
         models.push(s.clone());
         s
+    }
+
+    /// The spend series of a backend × model × team, created on first use. Called at config load only.
+    pub fn spend_series(&self, backend: &str, model: &str, team: &str) -> Arc<SpendSeries> {
+        let mut all = self.store.spend.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = all.iter().find(|s| s.backend == backend && s.model == model && s.team == team) {
+            return s.clone();
+        }
+        let s = Arc::new(SpendSeries {
+            backend: backend.to_string(),
+            model: model.to_string(),
+            team: team.to_string(),
+            tokens: [counters(), counters()],
+            cost_nano_usd: counters(),
+        });
+        all.push(s.clone());
+        s
+    }
+
+    /// Connects the budget, ledger and alert figures to the exposition (once, at start).
+    pub fn set_accounting(&self, view: Arc<dyn AccountingView>) {
+        let _ = self.store.accounting.set(view);
     }
 
     /// The series of a backend, created on first use. Called at config load only.
@@ -326,234 +370,6 @@ impl Metrics {
 }
 
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
-
-#[derive(Debug)]
-struct Exporter(Arc<Store>);
-
-/// Picks one per-model histogram or counter, so families that share a shape share their loop.
-type HistogramOf = fn(&ModelSeries) -> &Histogram;
-type CounterOf = fn(&ModelSeries) -> &AtomicU64;
-
-/// Starts one metric family: `# HELP` and `# TYPE` (counters get `_total` appended).
-fn family<'a>(
-    enc: &'a mut DescriptorEncoder<'_>,
-    name: &'a str,
-    help: &str,
-    ty: MetricType,
-) -> Result<MetricEncoder<'a>, std::fmt::Error> {
-    enc.encode_descriptor(name, help, None, ty)
-}
-
-fn counter(m: &mut MetricEncoder<'_>, labels: &impl EncodeLabelSet, v: u64) -> std::fmt::Result {
-    m.encode_family(labels)?.encode_counter::<NoLabelSet, _, f64>(&v, None)
-}
-
-impl Collector for Exporter {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let models = self.0.models.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let backends = self.0.backends.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let bm = |s: &ModelSeries| [("backend", s.backend.clone()), ("model", s.model.clone())];
-
-        let version = [("version", env!("CARGO_PKG_VERSION"))];
-        family(&mut enc, "tollgate_build_info", "Build information; always 1.", MetricType::Gauge)?
-            .encode_family(&version)?
-            .encode_gauge(&1i64)?;
-
-        let mut m = family(&mut enc, "tollgate_requests", "Proxied requests by how they ended.", MetricType::Counter)?;
-        for s in &models {
-            for (cell, n) in s.requests.iter().enumerate() {
-                let n = n.load(Relaxed);
-                if n == 0 {
-                    continue;
-                }
-                let outcome = Outcome::ALL[cell % Outcome::COUNT];
-                let class = STATUS_CLASSES[(cell / Outcome::COUNT) % STATUS_CLASSES.len()];
-                let es = cell / Outcome::COUNT / STATUS_CLASSES.len();
-                let labels = [
-                    ("backend", s.backend.as_str()),
-                    ("model", s.model.as_str()),
-                    ("endpoint", Endpoint::ALL[es / 2].as_str()),
-                    ("stream", if es % 2 == 1 { "true" } else { "false" }),
-                    ("status_class", class),
-                    ("outcome", outcome.as_str()),
-                ];
-                counter(&mut m, &labels, n)?;
-            }
-        }
-
-        let mut m = family(
-            &mut enc,
-            "tollgate_request_duration_seconds",
-            "Request received to last byte sent to the client.",
-            MetricType::Histogram,
-        )?;
-        for s in &models {
-            for (i, h) in s.duration.iter().enumerate() {
-                let labels = [
-                    ("backend", s.backend.as_str()),
-                    ("model", s.model.as_str()),
-                    ("endpoint", Endpoint::ALL[i / 2].as_str()),
-                    ("stream", if i % 2 == 1 { "true" } else { "false" }),
-                ];
-                h.encode_if_used(&mut m, &labels)?;
-            }
-        }
-
-        let histograms: [(&str, &str, HistogramOf); 4] = [
-            (
-                "tollgate_time_to_first_token_seconds",
-                "Streams: request received to the first event carrying generated output.",
-                |s| &s.ttft,
-            ),
-            (
-                "tollgate_time_per_output_token_seconds",
-                "Per request: (last token time - first token time) / (output tokens - 1).",
-                |s| &s.tpot,
-            ),
-            ("tollgate_output_tokens_per_second", "Per request decode speed: 1 / time per output token.", |s| &s.tps),
-            (
-                "tollgate_inter_token_latency_seconds",
-                "Each gap between consecutive token-bearing stream events.",
-                |s| &s.itl,
-            ),
-        ];
-        for (name, help, get) in histograms {
-            let mut m = family(&mut enc, name, help, MetricType::Histogram)?;
-            for s in &models {
-                get(s).encode(&mut m, &bm(s))?;
-            }
-        }
-
-        let mut m = family(
-            &mut enc,
-            "tollgate_tokens",
-            "Tokens by type and by where the count comes from.",
-            MetricType::Counter,
-        )?;
-        for s in &models {
-            for (t, token_type) in ["input", "output"].iter().enumerate() {
-                for source in UsageSource::ALL {
-                    let labels = [
-                        ("backend", s.backend.as_str()),
-                        ("model", s.model.as_str()),
-                        ("token_type", token_type),
-                        ("usage_source", source.as_str()),
-                    ];
-                    counter(&mut m, &labels, s.tokens[t][source.index()].load(Relaxed))?;
-                }
-            }
-        }
-
-        let subsets: [(&str, &str, CounterOf); 3] = [
-            ("tollgate_cached_input_tokens", "Cached prompt tokens (a subset of input tokens).", |s| &s.cached_input),
-            ("tollgate_reasoning_output_tokens", "Reasoning tokens (a subset of output tokens).", |s| {
-                &s.reasoning_output
-            }),
-            ("tollgate_unpriced_requests", "Requests with usage whose model has no price: never counted as $0.", |s| {
-                &s.unpriced
-            }),
-        ];
-        for (name, help, get) in subsets {
-            let mut m = family(&mut enc, name, help, MetricType::Counter)?;
-            for s in &models {
-                counter(&mut m, &bm(s), get(s).load(Relaxed))?;
-            }
-        }
-
-        let mut m =
-            family(&mut enc, "tollgate_cost_usd", "Spend from the price table, in US dollars.", MetricType::Counter)?;
-        for s in &models {
-            for source in UsageSource::ALL {
-                let labels =
-                    [("backend", s.backend.as_str()), ("model", s.model.as_str()), ("usage_source", source.as_str())];
-                // Exact integer nano-dollars become a float only here, at the exposition edge.
-                let usd = s.cost_nano_usd[source.index()].load(Relaxed) as f64 / 1e9;
-                m.encode_family(&labels)?.encode_counter::<NoLabelSet, _, f64>(&usd, None)?;
-            }
-        }
-
-        let mut m = family(
-            &mut enc,
-            "tollgate_usage_missing",
-            "2xx responses without backend usage, by reason (their tokens are estimated).",
-            MetricType::Counter,
-        )?;
-        for s in &models {
-            for reason in MissingReason::ALL {
-                let n = s.usage_missing[reason.index()].load(Relaxed);
-                if n > 0 {
-                    let labels =
-                        [("backend", s.backend.as_str()), ("model", s.model.as_str()), ("reason", reason.as_str())];
-                    counter(&mut m, &labels, n)?;
-                }
-            }
-        }
-
-        let mut m = family(&mut enc, "tollgate_requests_in_flight", "Requests being proxied now.", MetricType::Gauge)?;
-        for b in &backends {
-            m.encode_family(&[("backend", b.backend.as_str())])?.encode_gauge(&b.in_flight.load(Relaxed))?;
-        }
-        let mut m = family(
-            &mut enc,
-            "tollgate_upstream_header_seconds",
-            "Request forwarded to upstream response headers.",
-            MetricType::Histogram,
-        )?;
-        for b in &backends {
-            b.header_wait.encode(&mut m, &[("backend", b.backend.as_str())])?;
-        }
-        let mut m = family(&mut enc, "tollgate_upstream_errors", "Upstream failures by kind.", MetricType::Counter)?;
-        for b in &backends {
-            for kind in UpstreamErrorKind::ALL {
-                let n = b.errors[kind as usize].load(Relaxed);
-                if n > 0 {
-                    counter(&mut m, &[("backend", b.backend.as_str()), ("kind", kind.as_str())], n)?;
-                }
-            }
-        }
-
-        let mut m = family(
-            &mut enc,
-            "tollgate_backend_up",
-            "1 while the backend is in rotation, 0 while it is ejected after failures.",
-            MetricType::Gauge,
-        )?;
-        for b in &backends {
-            m.encode_family(&[("backend", b.backend.as_str())])?.encode_gauge(&b.up.load(Relaxed))?;
-        }
-        let mut m = family(
-            &mut enc,
-            "tollgate_upstream_retries",
-            "Requests that failed on this backend before any byte reached the client and were retried on another.",
-            MetricType::Counter,
-        )?;
-        for b in &backends {
-            counter(&mut m, &[("backend", b.backend.as_str())], b.retries.load(Relaxed))?;
-        }
-
-        let mut m = family(
-            &mut enc,
-            "tollgate_model_label_overflow",
-            "Requests for models the config does not list, labelled model=\"other\".",
-            MetricType::Counter,
-        )?;
-        m.encode_counter::<NoLabelSet, _, f64>(&self.0.label_overflow.load(Relaxed), None)?;
-        let mut m = family(
-            &mut enc,
-            "tollgate_rejected_requests",
-            "Requests tollgate answered itself without forwarding, by reason.",
-            MetricType::Counter,
-        )?;
-        for reason in RejectReason::ALL {
-            counter(&mut m, &[("reason", reason.as_str())], self.0.rejected[reason as usize].load(Relaxed))?;
-        }
-        let mut m = family(&mut enc, "tollgate_config_reloads", "Config reloads by result.", MetricType::Counter)?;
-        for (i, result) in ["success", "failure"].iter().enumerate() {
-            counter(&mut m, &[("result", *result)], self.0.reloads[i].load(Relaxed))?;
-        }
-        Ok(())
-    }
-}
 
 #[cfg(test)]
 mod tests;

@@ -66,6 +66,8 @@ pub struct RequestView<'a> {
     pub include_usage: bool,
     pub messages: u64,
     pub prompt_chars: u64,
+    /// `max_tokens`, `max_completion_tokens` or `max_output_tokens`, whichever the request set.
+    pub max_output_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -84,12 +86,27 @@ struct RawRequest<'a> {
     input: Option<TextChars>,
     #[serde(default)]
     instructions: Option<TextChars>,
+    #[serde(default, deserialize_with = "lenient_count")]
+    max_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_count")]
+    max_completion_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_count")]
+    max_output_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct RawStreamOptions {
     #[serde(default)]
     include_usage: Option<bool>,
+}
+
+/// A token count as clients write it: an integer, or anything else (then ignored, not refused:
+/// validating it is the backend's business).
+fn lenient_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        _ => None,
+    })
 }
 
 /// Parses a request body. `Err` carries a message for a 400 response.
@@ -104,6 +121,7 @@ pub fn parse_request(body: &[u8]) -> Result<RequestView<'_>, String> {
         include_usage: raw.stream_options.and_then(|s| s.include_usage).unwrap_or(false),
         messages,
         prompt_chars: message_chars + chars,
+        max_output_tokens: raw.max_completion_tokens.or(raw.max_tokens).or(raw.max_output_tokens),
     })
 }
 

@@ -53,6 +53,11 @@ pub fn to_nano_usd(cost: Decimal) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// Exact decimal text of whole nano-dollars: 2_048_000 → "0.002048".
+pub fn nano_usd_text(nanos: u64) -> String {
+    Decimal::from_i128_with_scale(i128::from(nanos), 9).normalize().to_string()
+}
+
 /// Deserializes a price written as a YAML number or string into an exact decimal. A YAML float is
 /// read through its shortest round-trip text, so `0.10` becomes exactly 0.1, not 0.1000000000000000055.
 pub fn deserialize_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
@@ -106,6 +111,13 @@ mod tests {
         // Without a cached price, cached tokens cost the input price.
         check(&price("3", "15", None), 1000, 100, 500, "0.0045");
         check(&price("0", "0", None), 5, 5, 0, "0");
+    }
+
+    #[test]
+    fn nano_dollars_print_exactly() {
+        assert_eq!(nano_usd_text(2_048_000), "0.002048");
+        assert_eq!(nano_usd_text(0), "0");
+        assert_eq!(nano_usd_text(12_500_000_000), "12.5");
     }
 
     #[test]

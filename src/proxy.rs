@@ -1,6 +1,7 @@
 //! The request handler: read the request (capped) → resolve the model → forward (rewriting only
 //! auth, model and `stream_options`) → wrap the response body in the meter.
 
+mod bill;
 mod routes;
 
 use std::pin::Pin;
@@ -17,13 +18,16 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+pub use bill::{Bill, Payer};
 pub use routes::{Route, Routes, Target};
 
+use crate::accounting::Accounting;
 use crate::error::ProxyError;
 use crate::meter::body::{BoxError, Cutoff, MeteredBody, Mode, Sink};
 use crate::meter::{Meter, Outcome};
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::openai::{Endpoint, estimate_prompt_tokens, parse_request, rewrite_request};
+use crate::teams::{ANONYMOUS, Identity};
 use crate::upstream::{SendError, error_chain};
 
 /// Shared by every request: the current routing snapshot (swapped whole on reload, read without a
@@ -35,11 +39,19 @@ pub struct State {
     pub shutting_down: Arc<AtomicBool>,
     /// Fired at the drain deadline: streams still running end with an error event.
     pub cutoff: Arc<Cutoff>,
+    /// Budgets, ledger, alerts.
+    pub accounting: Arc<Accounting>,
 }
 
 impl State {
-    pub fn new(routes: Routes, metrics: Arc<Metrics>, shutting_down: Arc<AtomicBool>, cutoff: Arc<Cutoff>) -> State {
-        State { routes: ArcSwap::from_pointee(routes), metrics, shutting_down, cutoff }
+    pub fn new(
+        routes: Routes,
+        metrics: Arc<Metrics>,
+        shutting_down: Arc<AtomicBool>,
+        cutoff: Arc<Cutoff>,
+        accounting: Arc<Accounting>,
+    ) -> State {
+        State { routes: ArcSwap::from_pointee(routes), metrics, shutting_down, cutoff, accounting }
     }
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
@@ -91,7 +103,11 @@ fn error_response(metrics: &Metrics, e: &ProxyError) -> Response<ProxyBody> {
     if let Some(reason) = e.reject {
         metrics.rejected(reason);
     }
-    json_response(e.status, e.body())
+    let mut resp = json_response(e.status, e.body());
+    if let Some(secs) = e.retry_after_secs {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
 }
 
 /// Serves one client request.
@@ -136,6 +152,10 @@ where
             ProxyError::method_not_allowed(req.method())
         });
     }
+    let identity = routes.teams.identify(req.headers());
+    if routes.config.spend.require_client_key && identity == Identity::Unknown {
+        return Err(ProxyError::invalid_api_key());
+    }
     let (parts, body) = req.into_parts();
     let limits = &routes.config.limits;
     let body = read_body(body, &parts.headers, limits.max_request_body_bytes, limits.request_body_timeout).await?;
@@ -158,11 +178,38 @@ where
         },
     };
 
-    let meter = Meter::new(endpoint, view.stream, received, estimate_prompt_tokens(&view));
+    let prompt_tokens = estimate_prompt_tokens(&view);
+    let team = match identity {
+        Identity::Known(id) => id,
+        Identity::Unknown => 0,
+    };
+    let team_name = routes.teams.names().get(team).cloned().unwrap_or_else(|| ANONYMOUS.into());
+    let estimate = reservation_estimate(&route, prompt_tokens, view.max_output_tokens);
+    let reservations = state.accounting.admit(&team_name, &route.label, estimate).map_err(|refusal| {
+        ProxyError::budget_exceeded(&refusal.budget, refusal.resets_at_ms, crate::ledger::now_ms())
+    })?;
+    let payer = Payer { team, team_name, unix_ms: crate::ledger::now_ms(), reservations };
+    let meter = Meter::new(endpoint, view.stream, received, prompt_tokens);
     let call =
         Call { endpoint, stream: view.stream, client_asked_usage: view.include_usage, parts: &parts, body: &body };
-    let (target, resp, meter, force_usage) = forward_with_failover(&route, &call, meter).await?;
-    Ok(respond(target, resp, meter, force_usage, limits))
+    let (bill, resp, meter, force_usage) = forward_with_failover(&route, &call, meter, payer).await?;
+    Ok(respond(bill, resp, meter, force_usage, limits))
+}
+
+/// Output tokens assumed when a request sets no limit, for budget reservations only.
+const RESERVED_OUTPUT_TOKENS: u64 = 1024;
+
+/// What a request is reserved against budgets before it runs: its estimated prompt plus its
+/// output limit (or [`RESERVED_OUTPUT_TOKENS`]) at the model's price.
+fn reservation_estimate(route: &Route, prompt_tokens: u64, max_output: Option<u64>) -> u64 {
+    let Some(price) = route.targets.first().and_then(|t| t.price.as_ref()) else { return 0 };
+    let usage = crate::pricing::Usage {
+        input: prompt_tokens,
+        output: max_output.unwrap_or(RESERVED_OUTPUT_TOKENS),
+        cached_input: 0,
+        reasoning: 0,
+    };
+    crate::pricing::to_nano_usd(price.cost(&usage))
 }
 
 /// What a forwarded request needs from the client's request, whichever backend it goes to.
@@ -196,8 +243,9 @@ async fn forward_with_failover(
     route: &Route,
     call: &Call<'_>,
     meter: Meter,
-) -> Result<(Arc<Target>, Response<Incoming>, Meter, bool), ProxyError> {
-    let mut meter = meter;
+    payer: Payer,
+) -> Result<(Arc<Bill>, Response<Incoming>, Meter, bool), ProxyError> {
+    let (mut meter, mut payer) = (meter, payer);
     let mut failed: Option<Arc<Target>> = None;
     loop {
         let Some(target) = route.pick(failed.as_ref()) else {
@@ -212,7 +260,7 @@ async fn forward_with_failover(
         let up = upstream_request(&upstream, call, route.upstream_model.as_deref(), force_usage)?;
         // From here until the response is handed to the body wrapper, a dropped handler (the
         // client went away, or an HTTP/2 reset) still yields the request's one record.
-        let attempt = Attempt::start(target, meter);
+        let attempt = Attempt::start(target, meter, payer);
         let sent = Instant::now();
         let failure = match upstream.send(up).await {
             Ok(resp) => match refused(&resp) {
@@ -233,9 +281,9 @@ async fn forward_with_failover(
                     }
                     let now = Instant::now();
                     upstream.series.observe_header_wait(now.duration_since(sent));
-                    let (target, mut meter) = attempt.hand_over();
+                    let (bill, mut meter) = attempt.hand_over();
                     meter.on_headers(resp.status().as_u16(), now);
-                    return Ok((target, resp, meter, force_usage));
+                    return Ok((bill, resp, meter, force_usage));
                 }
             },
             Err(SendError::HeaderTimeout) => (
@@ -257,8 +305,8 @@ async fn forward_with_failover(
             }
             None => {
                 upstream.series.retried_elsewhere();
-                let (target, m) = attempt.abandon();
-                meter = m;
+                let (target, m, p) = attempt.abandon();
+                (meter, payer) = (m, p);
                 failed = Some(target);
             }
         }
@@ -269,42 +317,46 @@ async fn forward_with_failover(
 /// unfinished (the handler future was cancelled) records it as a client disconnect or shutdown.
 struct Attempt {
     target: Arc<Target>,
-    meter: Option<Meter>,
+    /// Taken by exactly one of `hand_over`, `fail`, `abandon` or `Drop`.
+    open: Option<(Meter, Payer)>,
 }
 
 impl Attempt {
-    fn start(target: Arc<Target>, meter: Meter) -> Attempt {
+    fn start(target: Arc<Target>, meter: Meter, payer: Payer) -> Attempt {
         target.upstream.series.in_flight_add(1);
-        Attempt { target, meter: Some(meter) }
+        Attempt { target, open: Some((meter, payer)) }
+    }
+
+    fn take(&mut self) -> (Meter, Payer) {
+        self.open.take().unwrap_or_else(|| unreachable!("an attempt is closed once"))
     }
 
     /// The response arrived: the body wrapper takes over the meter (and the in-flight count).
-    fn hand_over(mut self) -> (Arc<Target>, Meter) {
-        let meter = self.meter.take().unwrap_or_else(|| unreachable!("an attempt's meter is taken once"));
-        (self.target.clone(), meter)
+    fn hand_over(mut self) -> (Arc<Bill>, Meter) {
+        let (meter, payer) = self.take();
+        (Arc::new(Bill { target: self.target.clone(), payer }), meter)
     }
 
     /// Failed without a response: the record carries the status tollgate answers with.
     fn fail(mut self, status: u16, outcome: Outcome) {
-        if let Some(mut meter) = self.meter.take() {
-            meter.set_status(status);
-            self.target.finish(meter.finish(outcome, Instant::now()));
-        }
+        let (mut meter, payer) = self.take();
+        meter.set_status(status);
+        Bill { target: self.target.clone(), payer }.finish(meter.finish(outcome, Instant::now()));
     }
 
     /// Failed before any byte and will be retried elsewhere: no record, the meter goes on.
-    fn abandon(mut self) -> (Arc<Target>, Meter) {
+    fn abandon(mut self) -> (Arc<Target>, Meter, Payer) {
         self.target.upstream.series.in_flight_add(-1);
-        let meter = self.meter.take().unwrap_or_else(|| unreachable!("an attempt's meter is taken once"));
-        (self.target.clone(), meter)
+        let (meter, payer) = self.take();
+        (self.target.clone(), meter, payer)
     }
 }
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        if let Some(meter) = self.meter.take() {
+        if let Some((meter, payer)) = self.open.take() {
             let outcome = if self.target.shutting_down() { Outcome::Shutdown } else { Outcome::ClientDisconnect };
-            self.target.finish(meter.finish(outcome, Instant::now()));
+            Bill { target: self.target.clone(), payer }.finish(meter.finish(outcome, Instant::now()));
         }
     }
 }
@@ -333,7 +385,7 @@ fn upstream_request(
 
 /// Wraps the upstream response for the client: hop-by-hop headers out, body under the meter.
 fn respond(
-    target: Arc<Target>,
+    bill: Arc<Bill>,
     resp: Response<Incoming>,
     meter: Meter,
     force_usage: bool,
@@ -344,7 +396,7 @@ fn respond(
     strip_hop_by_hop(&mut head.headers);
     let (mode, end_outcome) = if !status.is_success() {
         let kind = if status.is_server_error() { UpstreamErrorKind::Http5xx } else { UpstreamErrorKind::Http4xx };
-        target.upstream_error(kind);
+        bill.upstream_error(kind);
         (Mode::Opaque, Outcome::UpstreamError)
     } else if content_type_is(&head.headers, "text/event-stream") {
         if force_usage {
@@ -358,8 +410,8 @@ fn respond(
     } else {
         (Mode::Opaque, Outcome::Success)
     };
-    let idle = target.upstream.cfg.idle_timeout;
-    let sink: Arc<dyn Sink> = target;
+    let idle = bill.target.upstream.cfg.idle_timeout;
+    let sink: Arc<dyn Sink> = bill;
     let body = MeteredBody::new(incoming, mode, meter, end_outcome, sink, idle);
     Response::from_parts(head, ProxyBody::Metered(body))
 }

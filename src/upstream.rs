@@ -40,6 +40,43 @@ struct Health {
     ejected_until_ms: AtomicU64,
 }
 
+/// The pooled HTTP/1.1 + HTTP/2 client tollgate makes outgoing calls with: rustls with the webpki
+/// roots plus the CAs in `ca_file`, TCP_NODELAY, keep-alive, a connect timeout.
+pub fn http_client(
+    ca_file: Option<&std::path::Path>,
+    connect_timeout: Duration,
+) -> anyhow::Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>> {
+    let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(ca) = ca_file {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| anyhow::anyhow!("cannot read ca_file {}: {e}", ca.display()))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| anyhow::anyhow!("bad certificate in {}: {e}", ca.display()))?;
+            roots.add(cert).map_err(|e| anyhow::anyhow!("unusable CA in {}: {e}", ca.display()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .timer(TokioTimer::new())
+        .build(https))
+}
+
 /// Why a request got no response headers from its backend.
 #[derive(Debug)]
 pub enum SendError {
@@ -51,38 +88,8 @@ pub enum SendError {
 
 impl Upstream {
     pub fn new(cfg: Backend, series: Arc<BackendSeries>) -> anyhow::Result<Upstream> {
-        let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        if let Some(ca) = &cfg.ca_file {
-            for cert in CertificateDer::pem_file_iter(ca)
-                .map_err(|e| anyhow::anyhow!("backend `{}`: cannot read ca_file {}: {e}", cfg.name, ca.display()))?
-            {
-                let cert = cert
-                    .map_err(|e| anyhow::anyhow!("backend `{}`: bad certificate in {}: {e}", cfg.name, ca.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| anyhow::anyhow!("backend `{}`: unusable CA in {}: {e}", cfg.name, ca.display()))?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .timer(TokioTimer::new())
-            .build(https);
+        let client = http_client(cfg.ca_file.as_deref(), cfg.connect_timeout)
+            .map_err(|e| anyhow::anyhow!("backend `{}`: {e}", cfg.name))?;
         let health = Health { epoch: Instant::now(), failures: AtomicU32::new(0), ejected_until_ms: AtomicU64::new(0) };
         Ok(Upstream { cfg, series, client, health })
     }

@@ -107,7 +107,7 @@ async fn serve_meters_the_simulator_and_reloads_on_sighup() {
     assert_eq!(
         sample(
             &m,
-            "tollgate_tokens_total{backend=\"sim\",model=\"sim-fast\",token_type=\"output\",usage_source=\"reported\"}"
+            "tollgate_tokens_total{backend=\"sim\",model=\"sim-fast\",team=\"anonymous\",token_type=\"output\",usage_source=\"reported\"}"
         ),
         20.0
     );

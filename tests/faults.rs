@@ -81,7 +81,7 @@ async fn a_stalled_stream_ends_with_an_error_event() {
     assert_eq!(
         sample(
             &m,
-            "tollgate_tokens_total{backend=\"up\",model=\"m\",token_type=\"output\",usage_source=\"estimated\"}"
+            "tollgate_tokens_total{backend=\"up\",model=\"m\",team=\"anonymous\",token_type=\"output\",usage_source=\"estimated\"}"
         ),
         2.0
     );

@@ -40,6 +40,7 @@ async fn the_python_sdk_sees_the_same_answers_through_the_proxy() {
     std::fs::write(&path, yaml).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["serve", "--config", path.to_str().unwrap()])
+        .current_dir(&dir)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -81,13 +82,13 @@ async fn the_python_sdk_sees_the_same_answers_through_the_proxy() {
     let m = get(admin, "/metrics").await.1;
     let out_tokens = sample(
         &m,
-        "tollgate_tokens_total{backend=\"sim\",model=\"sim-small\",token_type=\"output\",usage_source=\"reported\"}",
+        "tollgate_tokens_total{backend=\"sim\",model=\"sim-small\",team=\"anonymous\",token_type=\"output\",usage_source=\"reported\"}",
     );
     assert_eq!(out_tokens, 12.0 * 3.0 + 8.0, "{m}");
     assert_eq!(
         sample(
             &m,
-            "tollgate_tokens_total{backend=\"sim\",model=\"sim-small\",token_type=\"output\",usage_source=\"estimated\"}"
+            "tollgate_tokens_total{backend=\"sim\",model=\"sim-small\",team=\"anonymous\",token_type=\"output\",usage_source=\"estimated\"}"
         ),
         0.0
     );

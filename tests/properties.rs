@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tollgate::meter::body::{MeteredBody, Mode, Sink};
+use tollgate::meter::body::{Cutoff, MeteredBody, Mode, Sink};
 use tollgate::meter::{Meter, Outcome, Record, UsageSource};
 use tollgate::metrics::UpstreamErrorKind;
 use tollgate::openai::Endpoint;
@@ -39,6 +39,8 @@ impl Body for Scripted {
 #[derive(Default)]
 struct TestSink {
     records: Mutex<Vec<Record>>,
+    /// The drain deadline's signal, as the proxy's route hands it to every body.
+    cutoff: Arc<Cutoff>,
 }
 
 impl Sink for TestSink {
@@ -49,6 +51,9 @@ impl Sink for TestSink {
     }
     fn shutting_down(&self) -> bool {
         false
+    }
+    fn cutoff(&self) -> Option<&Arc<Cutoff>> {
+        Some(&self.cutoff)
     }
 }
 
@@ -304,7 +309,7 @@ fn cuts() -> impl Strategy<Value = Vec<prop::sample::Index>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// Without stripping, the client receives the upstream bytes exactly, whatever the reads and
     /// whether or not a line overflows the parser's cap (metering stops, forwarding goes on).
@@ -399,6 +404,19 @@ fn split_crlf_next_to_a_stripped_usage_chunk() {
     assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(content));
 }
 
+/// A second, minor inconsistency of the same kind: a BOM at the stream start belongs to the first
+/// event block, so when that first event is a stripped usage-only chunk the BOM is removed with it,
+/// unless the first read ends right after the BOM, in which case it is forwarded.
+#[test]
+#[ignore = "known: a leading BOM is stripped with a usage-only first event, or not, depending on the reads"]
+fn bom_before_a_stripped_usage_chunk_does_not_depend_on_reads() {
+    let usage = &b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n"[..];
+    let all = [&b"\xEF\xBB\xBF"[..], usage, b"data: [DONE]\n\n"].concat();
+    let (whole, _) = forward(Mode::sse(1 << 20, true), &[&all]);
+    let (cut, _) = forward(Mode::sse(1 << 20, true), &[&all[..3], &all[3..]]);
+    assert_eq!(Bytes::from(whole), Bytes::from(cut));
+}
+
 // ---------------------------------------------------------------- prices -------------------
 
 /// A non-negative decimal with up to 6 decimal places, up to 1e6 USD per million tokens.
@@ -417,7 +435,7 @@ fn usage() -> impl Strategy<Value = Usage> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
 
     /// Costs are never negative (cached above input included), adding input, output, or cached
     /// tokens that are part of the added input never lowers a cost, reasoning tokens (already
@@ -448,6 +466,23 @@ proptest! {
     }
 }
 
+/// Found while writing the cost property: costs and nano-dollars are computed with `Decimal`'s
+/// panicking operators, so absurd but representable inputs panic instead of saturating: a price of
+/// 1e10 USD per million tokens with `u64::MAX` reported tokens (`Price::cost`), or a cost above
+/// about 7.9e19 USD (`to_nano_usd`). Realistic prices (below about 1e9 USD per million tokens)
+/// never get there, even with `u64::MAX` tokens; the property above covers those.
+#[test]
+#[ignore = "known: Price::cost and to_nano_usd panic on Decimal overflow for absurd prices or costs"]
+fn extreme_costs_do_not_panic() {
+    let price = Price {
+        input_per_1m: Decimal::from(10_000_000_000u64),
+        output_per_1m: Decimal::ZERO,
+        cached_input_per_1m: None,
+    };
+    let _ = price.cost(&Usage { input: u64::MAX, output: 0, cached_input: 0, reasoning: 0 });
+    assert_eq!(to_nano_usd(Decimal::MAX), u64::MAX);
+}
+
 #[test]
 fn cost_of_cached_above_input_is_clamped() {
     let p = |s: &str| Decimal::from_str(s).unwrap();
@@ -471,6 +506,8 @@ enum Action {
     End,
     /// Stops sending but keeps the connection open, forever.
     Stall,
+    /// The drain deadline passes (the upstream itself carries on with the rest of the script).
+    Cutoff,
 }
 
 const IDLE: Duration = Duration::from_millis(5_500);
@@ -482,6 +519,7 @@ fn actions() -> impl Strategy<Value = Vec<Action>> {
         1 => Just(Action::Reset),
         1 => Just(Action::End),
         1 => Just(Action::Stall),
+        1 => Just(Action::Cutoff),
     ];
     proptest::collection::vec(step, 0..16)
 }
@@ -515,6 +553,7 @@ fn expected_outcome(actions: &[Action]) -> Option<Outcome> {
             Action::Reset => return Some(Outcome::UpstreamReset),
             Action::End => return None,
             Action::Stall => return Some(Outcome::IdleTimeout),
+            Action::Cutoff => return Some(Outcome::Shutdown),
         }
     }
     // The script ran out: the sender is dropped, which ends the body normally.
@@ -522,10 +561,10 @@ fn expected_outcome(actions: &[Action]) -> Option<Outcome> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// Whatever the upstream does (reads, pauses shorter or longer than the idle timeout, a reset,
-    /// an end, a stall) and whenever the client goes away, the sink receives exactly one record,
+    /// an end, a stall), whether the drain deadline passes, and whenever the client goes away, the sink receives exactly one record,
     /// with the outcome of whatever ended the body first.
     #[test]
     fn the_meter_finalizes_exactly_once(
@@ -537,6 +576,7 @@ proptest! {
         let (records, saw_end) = runtime().block_on(async {
             let (tx, mut body, sink) = metered(make_mode(which), IDLE);
             let script = actions.clone();
+            let cutoff = sink.cutoff.clone();
             let upstream = tokio::spawn(async move {
                 for a in script {
                     match a {
@@ -553,6 +593,7 @@ proptest! {
                             tokio::time::sleep(Duration::from_secs(3600)).await;
                             break;
                         }
+                        Action::Cutoff => cutoff.fire(),
                     }
                 }
                 drop(tx);

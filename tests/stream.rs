@@ -57,13 +57,16 @@ async fn responses_stream_bytes_are_untouched_and_usage_is_read() {
     assert!(up.requests()[0].json().get("stream_options").is_none());
     let m = metrics_until(&proxy, |m| {
         m.contains(
-            "tollgate_tokens_total{backend=\"up\",model=\"m\",token_type=\"output\",usage_source=\"reported\"} 4",
+            "tollgate_tokens_total{backend=\"up\",model=\"m\",team=\"anonymous\",token_type=\"output\",usage_source=\"reported\"} 4",
         )
     })
     .await;
     assert_eq!(sample(&m, "tollgate_cached_input_tokens_total{backend=\"up\",model=\"m\"}"), 2.0);
     // (10 × 2 + 2 × 2 + 4 × 8) / 1e6: no cached price, so cached tokens cost the input price.
-    assert_eq!(sample(&m, "tollgate_cost_usd_total{backend=\"up\",model=\"m\",usage_source=\"reported\"}"), 0.000056);
+    assert_eq!(
+        sample(&m, "tollgate_cost_usd_total{backend=\"up\",model=\"m\",team=\"anonymous\",usage_source=\"reported\"}"),
+        0.000056
+    );
 }
 
 #[tokio::test]
@@ -89,18 +92,21 @@ async fn forced_usage_is_requested_then_hidden_from_the_client() {
     assert_eq!(body.as_bytes(), &f[..]);
 
     let m = metrics_until(&proxy, |m| {
-        sample(m, "tollgate_tokens_total{backend=\"up\",model=\"m\",token_type=\"input\",usage_source=\"reported\"}")
+        sample(m, "tollgate_tokens_total{backend=\"up\",model=\"m\",team=\"anonymous\",token_type=\"input\",usage_source=\"reported\"}")
             == 22.0
     })
     .await;
     assert_eq!(
-        sample(&m, "tollgate_tokens_total{backend=\"up\",model=\"m\",token_type=\"output\",usage_source=\"reported\"}"),
+        sample(
+            &m,
+            "tollgate_tokens_total{backend=\"up\",model=\"m\",team=\"anonymous\",token_type=\"output\",usage_source=\"reported\"}"
+        ),
         6.0
     );
     assert_eq!(
         sample(
             &m,
-            "tollgate_tokens_total{backend=\"up\",model=\"m\",token_type=\"output\",usage_source=\"estimated\"}"
+            "tollgate_tokens_total{backend=\"up\",model=\"m\",team=\"anonymous\",token_type=\"output\",usage_source=\"estimated\"}"
         ),
         0.0
     );
@@ -153,7 +159,10 @@ async fn timings_and_cost_come_from_the_stream() {
     // The role-only chunk at t=0 did not count as the first token.
     assert_eq!(sample(&m, "tollgate_time_to_first_token_seconds_bucket{backend=\"up\",model=\"m\",le=\"0.25\"}"), 0.0);
     // Cost to the cent and beyond: 1000 × $2/1M + 6 × $8/1M = $0.002048.
-    assert_eq!(sample(&m, "tollgate_cost_usd_total{backend=\"up\",model=\"m\",usage_source=\"reported\"}"), 0.002048);
+    assert_eq!(
+        sample(&m, "tollgate_cost_usd_total{backend=\"up\",model=\"m\",team=\"anonymous\",usage_source=\"reported\"}"),
+        0.002048
+    );
     assert_eq!(
         sample(
             &m,
@@ -170,13 +179,19 @@ async fn missing_usage_is_estimated_and_says_so() {
     let up = Upstream::start(Script::sse(events_every(&f, ms(2)))).await;
     let proxy = proxy(&config(&up.url(), "", PRICED_MODEL)).await;
     let _ = text(post(proxy.proxy_addr, "/v1/chat/completions", CHAT_NO_USAGE_REQ).await).await;
-    let out = "tollgate_tokens_total{backend=\"up\",model=\"m\",token_type=\"output\",usage_source=\"estimated\"}";
+    let out = "tollgate_tokens_total{backend=\"up\",model=\"m\",team=\"anonymous\",token_type=\"output\",usage_source=\"estimated\"}";
     let m = metrics_until(&proxy, |m| sample(m, out) > 0.0).await;
     // The backend's own non-streaming usage for this request says 24 completion tokens.
     assert_eq!(sample(&m, out), 24.0);
     assert_eq!(sample(&m, "tollgate_usage_missing_total{backend=\"up\",model=\"m\",reason=\"no_usage\"}"), 1.0);
-    assert!(sample(&m, "tollgate_cost_usd_total{backend=\"up\",model=\"m\",usage_source=\"estimated\"}") > 0.0);
-    assert_eq!(sample(&m, "tollgate_cost_usd_total{backend=\"up\",model=\"m\",usage_source=\"reported\"}"), 0.0);
+    assert!(
+        sample(&m, "tollgate_cost_usd_total{backend=\"up\",model=\"m\",team=\"anonymous\",usage_source=\"estimated\"}")
+            > 0.0
+    );
+    assert_eq!(
+        sample(&m, "tollgate_cost_usd_total{backend=\"up\",model=\"m\",team=\"anonymous\",usage_source=\"reported\"}"),
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -194,11 +209,17 @@ async fn non_streaming_usage_and_upstream_model_rename() {
     assert!(up.requests()[0].json().get("stream_options").is_none());
     let m = metrics_until(&proxy, |m| m.contains("token_type=\"output\",usage_source=\"reported\"} 24")).await;
     assert_eq!(
-        sample(&m, "tollgate_tokens_total{backend=\"up\",model=\"m\",token_type=\"input\",usage_source=\"reported\"}"),
+        sample(
+            &m,
+            "tollgate_tokens_total{backend=\"up\",model=\"m\",team=\"anonymous\",token_type=\"input\",usage_source=\"reported\"}"
+        ),
         16.0
     );
     // 16 × 0.10 + 24 × 0.40 = 11.2 µ$.
-    assert_eq!(sample(&m, "tollgate_cost_usd_total{backend=\"up\",model=\"m\",usage_source=\"reported\"}"), 0.0000112);
+    assert_eq!(
+        sample(&m, "tollgate_cost_usd_total{backend=\"up\",model=\"m\",team=\"anonymous\",usage_source=\"reported\"}"),
+        0.0000112
+    );
 }
 
 #[tokio::test]
@@ -210,7 +231,10 @@ async fn embeddings_usage_is_metered() {
     let _ = text(resp).await;
     let m = metrics_until(&proxy, |m| m.contains("endpoint=\"embeddings\"")).await;
     assert_eq!(
-        sample(&m, "tollgate_tokens_total{backend=\"up\",model=\"m\",token_type=\"input\",usage_source=\"reported\"}"),
+        sample(
+            &m,
+            "tollgate_tokens_total{backend=\"up\",model=\"m\",team=\"anonymous\",token_type=\"input\",usage_source=\"reported\"}"
+        ),
         7.0
     );
 }
@@ -235,7 +259,7 @@ async fn client_disconnect_closes_the_upstream_and_keeps_tokens_seen() {
     let m = metrics_until(&proxy, |m| m.contains("outcome=\"client_disconnect\"")).await;
     let out = sample(
         &m,
-        "tollgate_tokens_total{backend=\"up\",model=\"m\",token_type=\"output\",usage_source=\"estimated\"}",
+        "tollgate_tokens_total{backend=\"up\",model=\"m\",team=\"anonymous\",token_type=\"output\",usage_source=\"estimated\"}",
     );
     assert!((3.0..=6.0).contains(&out), "tokens seen so far: {out}");
     assert_eq!(sample(&m, "tollgate_usage_missing_total{backend=\"up\",model=\"m\",reason=\"interrupted\"}"), 1.0);

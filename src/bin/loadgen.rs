@@ -43,7 +43,7 @@ struct Args {
     /// Unmeasured load before the measurement, which also fills the connection pool.
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     warmup: Duration,
-    /// Print one JSON object instead of text.
+    /// Print the summary as one JSON line (default: indented JSON).
     #[arg(long)]
     json: bool,
     /// Hold mode: open this many streams concurrently and keep them open for --hold-secs.
@@ -444,12 +444,11 @@ async fn run_hold(args: Args, uri: Uri, body: Bytes, n: usize) -> anyhow::Result
             first_error.get_or_insert(e);
         }
     }
-    report["mode"] = json!("hold");
-    report["streams"] = json!(n);
-    report["http2"] = json!(args.http2);
-    report["open_ms"] = json!(open_ms);
-    report["held_s"] = json!(args.hold_secs);
-    report["first_error"] = json!(first_error);
+    let extra = json!({"mode": "hold", "streams": n, "http2": args.http2, "open_ms": open_ms,
+        "held_s": args.hold_secs, "first_error": first_error});
+    if let (Some(r), Value::Object(e)) = (report.as_object_mut(), extra) {
+        r.extend(e);
+    }
     Ok(report)
 }
 
@@ -466,22 +465,15 @@ async fn main() -> anyhow::Result<()> {
         req["stream"] = json!(true);
     }
     let body = Bytes::from(serde_json::to_vec(&req)?);
+    let json_line = args.json;
     let report = match args.hold {
         Some(n) => run_hold(args, uri, body, n).await?,
-        None if args.json => run_load(args, uri, body).await?,
-        None => {
-            let r = run_load(args, uri, body).await?;
-            let (t, g, e) = (&r["ttft_us"], &r["gap_us"], &r["e2e_us"]);
-            println!("requests {}  errors {}  rps {:.1}", r["requests"], r["errors"], r["rps"].as_f64().unwrap_or(0.0));
-            println!("ttft µs  p50 {}  p90 {}  p99 {}  max {}", t["p50"], t["p90"], t["p99"], t["max"]);
-            println!("gap µs   p50 {}  p90 {}  p99 {}  max {}", g["p50"], g["p90"], g["p99"], g["max"]);
-            println!("e2e µs   p50 {}  p99 {}  max {}", e["p50"], e["p99"], e["max"]);
-            if let Some(err) = r["first_error"].as_str() {
-                println!("first error: {err}");
-            }
-            return Ok(());
-        }
+        None => run_load(args, uri, body).await?,
     };
-    println!("{report}");
+    if json_line {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
     Ok(())
 }

@@ -34,12 +34,13 @@ fn records_become_series() {
         cached_input_per_1m: None,
     };
     let u = Usage { input: 16, output: 24, cached_input: 0, reasoning: 0 };
+    let spend = m.spend_series("sim", "sim-small", "anonymous");
     for _ in 0..3 {
-        s.record(&record(Some((u, UsageSource::Reported))), Some(&price));
+        s.record(&record(Some((u, UsageSource::Reported))), Some(&price), &spend);
     }
     s.observe_inter_token(Duration::from_millis(20));
     let unpriced = m.model_series("sim", "free");
-    unpriced.record(&record(Some((u, UsageSource::Estimated))), None);
+    unpriced.record(&record(Some((u, UsageSource::Estimated))), None, &m.spend_series("sim", "free", "anonymous"));
     m.backend_series("sim").in_flight_add(2);
     m.model_label_overflow();
 
@@ -48,9 +49,13 @@ fn records_become_series() {
     has(
         r#"tollgate_requests_total{backend="sim",model="sim-small",endpoint="chat_completions",stream="true",status_class="2xx",outcome="success"} 3"#,
     );
-    has(r#"tollgate_tokens_total{backend="sim",model="sim-small",token_type="output",usage_source="reported"} 72"#);
+    has(
+        r#"tollgate_tokens_total{backend="sim",model="sim-small",team="anonymous",token_type="output",usage_source="reported"} 72"#,
+    );
     // 3 × (16 × 0.10 + 24 × 0.40) / 1e6 = 0.0000336 exactly.
-    has(r#"tollgate_cost_usd_total{backend="sim",model="sim-small",usage_source="reported"} 0.0000336"#);
+    has(
+        r#"tollgate_cost_usd_total{backend="sim",model="sim-small",team="anonymous",usage_source="reported"} 0.0000336"#,
+    );
     has(r#"tollgate_unpriced_requests_total{backend="sim",model="free"} 1"#);
     has(r#"tollgate_time_to_first_token_seconds_bucket{backend="sim",model="sim-small",le="0.25"} 3"#);
     has(r#"tollgate_inter_token_latency_seconds_count{backend="sim",model="sim-small"} 1"#);

@@ -4,15 +4,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::accounting::Accounting;
 use crate::config::{Config, WeightedBackend};
-use crate::meter::Record;
-use crate::meter::body::{Cutoff, Sink};
-use crate::metrics::{Metrics, ModelSeries, OTHER_MODEL, UpstreamErrorKind};
+use crate::meter::body::Cutoff;
+use crate::metrics::{Metrics, ModelSeries, OTHER_MODEL, SpendSeries};
 use crate::pricing::Price;
+use crate::teams::{ANONYMOUS, TeamId, Teams};
 use crate::upstream::Upstream;
 
 /// Everything the request path needs about one model, resolved at config load.
@@ -28,13 +28,28 @@ pub struct Route {
 /// One backend of one model: where a request goes and where its record lands.
 #[derive(Debug)]
 pub struct Target {
-    pub label: String,
+    pub label: Arc<str>,
+    pub backend_name: Arc<str>,
     pub upstream: Arc<Upstream>,
     pub weight: u32,
     pub price: Option<Price>,
     pub series: Arc<ModelSeries>,
+    /// Tokens and spend per team, indexed by [`TeamId`] (0, anonymous, is always there).
+    spend: Vec<Arc<SpendSeries>>,
+    anonymous_spend: Arc<SpendSeries>,
+    pub accounting: Arc<Accounting>,
     shutting_down: Arc<AtomicBool>,
-    cutoff: Arc<Cutoff>,
+    pub cutoff: Arc<Cutoff>,
+}
+
+impl Target {
+    pub fn spend_series(&self, team: TeamId) -> &SpendSeries {
+        self.spend.get(team).unwrap_or(&self.anonymous_spend)
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
 }
 
 impl Route {
@@ -71,47 +86,11 @@ impl Route {
     }
 }
 
-impl Sink for Target {
-    fn inter_token(&self, gap: Duration) {
-        self.series.observe_inter_token(gap);
-    }
-
-    fn upstream_error(&self, kind: UpstreamErrorKind) {
-        self.upstream.series.upstream_error(kind);
-    }
-
-    fn finish(&self, record: Record) {
-        self.upstream.series.in_flight_add(-1);
-        let cost = self.series.record(&record, self.price.as_ref());
-        tracing::debug!(
-            model = %self.label,
-            backend = %self.upstream.cfg.name,
-            endpoint = record.endpoint.as_str(),
-            outcome = record.outcome.as_str(),
-            status = record.status,
-            ttft_ms = record.ttft.map(|d| d.as_secs_f64() * 1e3),
-            duration_ms = record.duration.as_secs_f64() * 1e3,
-            input_tokens = record.usage.map(|u| u.0.input),
-            output_tokens = record.usage.map(|u| u.0.output),
-            usage_source = record.usage.map(|u| u.1.as_str()),
-            cost_usd = cost.map(|c| c.to_string()),
-            "request finished"
-        );
-    }
-
-    fn shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-
-    fn cutoff(&self) -> Option<&Arc<Cutoff>> {
-        Some(&self.cutoff)
-    }
-}
-
 /// The immutable routing table of one config.
 #[derive(Debug)]
 pub struct Routes {
     pub config: Arc<Config>,
+    pub teams: Arc<Teams>,
     pub upstreams: Vec<Arc<Upstream>>,
     by_model: HashMap<String, Arc<Route>>,
     fallback: Option<Arc<Route>>,
@@ -123,9 +102,11 @@ impl Routes {
     pub fn build(
         config: Config,
         metrics: &Metrics,
+        accounting: &Arc<Accounting>,
         shutting_down: &Arc<AtomicBool>,
         cutoff: &Arc<Cutoff>,
     ) -> anyhow::Result<Routes> {
+        let teams = Arc::new(Teams::new(&config.spend.clients));
         let upstreams = config
             .backends
             .iter()
@@ -137,14 +118,19 @@ impl Routes {
                     .iter()
                     .map(|b| {
                         let upstream = upstreams[b.index].clone();
+                        let backend = upstream.cfg.name.as_str();
                         Arc::new(Target {
-                            label: label.to_string(),
-                            series: metrics.model_series(&upstream.cfg.name, label),
-                            upstream,
+                            label: label.into(),
+                            backend_name: backend.into(),
+                            series: metrics.model_series(backend, label),
+                            spend: teams.names().iter().map(|t| metrics.spend_series(backend, label, t)).collect(),
+                            anonymous_spend: metrics.spend_series(backend, label, ANONYMOUS),
                             weight: b.weight,
                             price: price.clone(),
+                            accounting: accounting.clone(),
                             shutting_down: shutting_down.clone(),
                             cutoff: cutoff.clone(),
+                            upstream,
                         })
                     })
                     .collect();
@@ -164,7 +150,7 @@ impl Routes {
             })).collect::<Vec<_>>(),
         });
         let model_list = Bytes::from(serde_json::to_vec(&list)?);
-        Ok(Routes { config: Arc::new(config), upstreams, by_model, fallback, model_list })
+        Ok(Routes { config: Arc::new(config), teams, upstreams, by_model, fallback, model_list })
     }
 
     pub fn route(&self, model: &str) -> Option<Arc<Route>> {

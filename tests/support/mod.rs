@@ -243,7 +243,15 @@ pub async fn proxy(yaml: &str) -> Running {
 /// Like [`proxy`], with these environment variables visible to the config (and no others).
 pub async fn proxy_env(yaml: &str, env: &[(&str, &str)]) -> Running {
     let lookup = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
-    let config = Config::parse(yaml, "test.yaml", &lookup).unwrap_or_else(|e| panic!("{e}"));
+    // Each test proxy gets a ledger of its own in a temporary folder, never in the working tree.
+    let yaml = if yaml.contains("\nledger:") {
+        yaml.to_string()
+    } else {
+        let path = temp_file("ledger.sqlite3", "");
+        std::fs::remove_file(&path).unwrap();
+        format!("{yaml}ledger: {{path: \"{}\"}}\n", path.display())
+    };
+    let config = Config::parse(&yaml, "test.yaml", &lookup).unwrap_or_else(|e| panic!("{e}"));
     app::start(config, ConfigSource::Embedded).await.unwrap()
 }
 
@@ -355,7 +363,9 @@ impl Served {
     pub async fn start(config: &std::path::Path, admin: SocketAddr, env: &[(&str, &str)]) -> Served {
         let log = config.with_extension("log");
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        // The default ledger file lands next to the config, in the test's temporary folder.
         cmd.args(["serve", "--config", config.to_str().unwrap()])
+            .current_dir(config.parent().unwrap())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         for (k, v) in env {

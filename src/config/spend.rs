@@ -1,0 +1,241 @@
+//! The spend keys of the config: time zone, client keys → teams, the ledger, budgets and alert
+//! webhooks. Part of `config.rs` (raw serde types here too), split out by concept.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use super::Validator;
+use crate::budget::{BudgetDef, Mode, Period, Scope};
+use crate::pricing::{deserialize_decimal, to_nano_usd};
+use crate::teams::{ANONYMOUS, parse_sha256_hex};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClient {
+    name: String,
+    key_sha256: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLedger {
+    enabled: bool,
+    path: PathBuf,
+    flush_interval_ms: u64,
+    retention_days: u32,
+}
+
+impl Default for RawLedger {
+    fn default() -> Self {
+        RawLedger { enabled: true, path: "tollgate-ledger.sqlite3".into(), flush_interval_ms: 1000, retention_days: 90 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBudget {
+    name: String,
+    #[serde(default)]
+    team: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default = "day")]
+    period: String,
+    #[serde(deserialize_with = "deserialize_decimal")]
+    limit_usd: Decimal,
+    #[serde(default = "default_thresholds")]
+    thresholds_percent: Vec<u32>,
+    #[serde(default = "alert")]
+    mode: String,
+}
+
+fn day() -> String {
+    "day".into()
+}
+fn alert() -> String {
+    "alert".into()
+}
+fn default_thresholds() -> Vec<u32> {
+    vec![50, 80, 100]
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAlerts {
+    #[serde(default)]
+    webhooks: Vec<RawWebhook>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebhook {
+    url: String,
+    #[serde(default = "json")]
+    format: String,
+}
+
+fn json() -> String {
+    "json".into()
+}
+
+/// The raw spend keys, as they sit at the top level of the YAML.
+pub(super) struct RawSpend {
+    pub timezone: Option<String>,
+    pub clients: Vec<RawClient>,
+    pub require_client_key: bool,
+    pub ledger: Option<RawLedger>,
+    pub budgets: Vec<RawBudget>,
+    pub alerts: Option<RawAlerts>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    pub path: PathBuf,
+    pub flush_interval: Duration,
+    pub retention_days: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    Json,
+    Slack,
+}
+
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: http::Uri,
+    pub format: WebhookFormat,
+}
+
+/// Validated spend settings.
+#[derive(Debug, Clone)]
+pub struct Spend {
+    pub timezone: jiff::tz::TimeZone,
+    pub timezone_name: String,
+    /// (team, SHA-256 of its key).
+    pub clients: Vec<(String, [u8; 32])>,
+    pub require_client_key: bool,
+    pub ledger: Option<LedgerConfig>,
+    pub budgets: Vec<BudgetDef>,
+    pub webhooks: Vec<Webhook>,
+}
+
+impl Validator<'_> {
+    pub(super) fn spend(&mut self, raw: RawSpend, model_names: &[String]) -> Spend {
+        let timezone_name = raw.timezone.unwrap_or_else(|| "UTC".into());
+        let timezone = jiff::tz::TimeZone::get(&timezone_name).unwrap_or_else(|_| {
+            self.problem("timezone", format!("`{timezone_name}` is not an IANA time zone (e.g. \"Europe/Berlin\")"));
+            jiff::tz::TimeZone::UTC
+        });
+        let mut clients = Vec::new();
+        for (i, c) in raw.clients.into_iter().enumerate() {
+            if c.name.trim().is_empty() || c.name == ANONYMOUS {
+                self.problem(format!("clients[{i}].name"), format!("must be a team name other than `{ANONYMOUS}`"));
+            }
+            match parse_sha256_hex(&c.key_sha256) {
+                Some(h) if clients.iter().any(|(_, x)| *x == h) => {
+                    self.problem(format!("clients[{i}].key_sha256"), "this key is listed twice")
+                }
+                Some(h) => clients.push((c.name, h)),
+                None => self.problem(
+                    format!("clients[{i}].key_sha256"),
+                    "must be the 64 hex digits of the key's SHA-256 (e.g. `printf %s \"$KEY\" | sha256sum`)",
+                ),
+            }
+        }
+        let r = raw.ledger.unwrap_or_default();
+        let ledger = r.enabled.then(|| LedgerConfig {
+            path: r.path,
+            flush_interval: Duration::from_millis(r.flush_interval_ms.clamp(10, 60_000)),
+            retention_days: r.retention_days,
+        });
+        let mut budgets: Vec<BudgetDef> = Vec::new();
+        for (i, b) in raw.budgets.into_iter().enumerate() {
+            let path = format!("budgets[{i}]");
+            if budgets.iter().any(|x| x.name == b.name) {
+                self.problem(format!("{path}.name"), format!("budget `{}` is defined twice", b.name));
+            }
+            let scope = match (b.team, b.model) {
+                (None, None) => Scope::All,
+                (Some(t), None) => {
+                    if t != ANONYMOUS && !clients.iter().any(|(n, _)| *n == t) {
+                        self.problem(format!("{path}.team"), format!("team `{t}` is not a `clients` name"));
+                    }
+                    Scope::Team(t)
+                }
+                (None, Some(m)) => {
+                    if !model_names.contains(&m) {
+                        self.problem(format!("{path}.model"), format!("model `{m}` is not defined under `models`"));
+                    }
+                    Scope::Model(m)
+                }
+                (Some(_), Some(_)) => {
+                    self.problem(format!("{path}.model"), "a budget is scoped to a team or a model, not both");
+                    Scope::All
+                }
+            };
+            let period = match b.period.as_str() {
+                "day" => Period::Day,
+                "month" => Period::Month,
+                other => {
+                    self.problem(format!("{path}.period"), format!("`{other}` is not `day` or `month`"));
+                    Period::Day
+                }
+            };
+            let mode = match b.mode.as_str() {
+                "alert" => Mode::Alert,
+                "enforce" => Mode::Enforce,
+                other => {
+                    self.problem(format!("{path}.mode"), format!("`{other}` is not `alert` or `enforce`"));
+                    Mode::Alert
+                }
+            };
+            if b.limit_usd <= Decimal::ZERO {
+                self.problem(format!("{path}.limit_usd"), "must be greater than 0");
+            }
+            let mut thresholds = b.thresholds_percent;
+            thresholds.sort_unstable();
+            thresholds.dedup();
+            if thresholds.iter().any(|t| *t == 0 || *t > 1000) {
+                self.problem(format!("{path}.thresholds_percent"), "each threshold must be between 1 and 1000");
+            }
+            budgets.push(BudgetDef {
+                name: b.name,
+                scope,
+                period,
+                limit_nano_usd: to_nano_usd(b.limit_usd.max(Decimal::ZERO)),
+                thresholds_percent: thresholds,
+                mode,
+            });
+        }
+        let mut webhooks = Vec::new();
+        for (i, w) in raw.alerts.unwrap_or_default().webhooks.into_iter().enumerate() {
+            let format = match w.format.as_str() {
+                "json" => WebhookFormat::Json,
+                "slack" => WebhookFormat::Slack,
+                other => {
+                    self.problem(format!("alerts.webhooks[{i}].format"), format!("`{other}` is not `json` or `slack`"));
+                    WebhookFormat::Json
+                }
+            };
+            match w.url.parse::<http::Uri>() {
+                Ok(url) if matches!(url.scheme_str(), Some("http" | "https")) && url.authority().is_some() => {
+                    webhooks.push(Webhook { url, format })
+                }
+                _ => self.problem(format!("alerts.webhooks[{i}].url"), "must be an http:// or https:// URL"),
+            }
+        }
+        Spend {
+            timezone,
+            timezone_name,
+            clients,
+            require_client_key: raw.require_client_key,
+            ledger,
+            budgets,
+            webhooks,
+        }
+    }
+}
