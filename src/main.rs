@@ -34,6 +34,22 @@ enum Command {
         #[arg(long, env = "TOLLGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Spend from the ledger: requests, tokens, spend, cost per 1K tokens, TTFT p50/p95 per group,
+    /// then each budget's period spend and projection.
+    Report {
+        #[arg(long, env = "TOLLGATE_CONFIG")]
+        config: PathBuf,
+        /// First day included (YYYY-MM-DD, in the config's time zone); default 30 days before --until.
+        #[arg(long)]
+        since: Option<jiff::civil::Date>,
+        /// Last day included (YYYY-MM-DD); default today.
+        #[arg(long)]
+        until: Option<jiff::civil::Date>,
+        #[arg(long, value_enum, default_value = "team")]
+        by: By,
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutFormat,
+    },
     /// Run the built-in OpenAI-compatible simulator alone, from a config's `simulator:` section.
     Simulate {
         /// Config file whose `simulator:` section to use (default: the embedded example config).
@@ -43,6 +59,20 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum By {
+    Team,
+    Model,
+    Day,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutFormat {
+    Table,
+    Csv,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -72,6 +102,7 @@ fn main() -> ExitCode {
             let source = config.map_or(ConfigSource::Embedded, ConfigSource::File);
             finish(runtime().and_then(|rt| rt.block_on(app::run(source))))
         }
+        Command::Report { config, since, until, by, format } => finish(report(&config, since, until, by, format)),
         Command::Simulate { config, listen } => {
             let source = config.map_or(ConfigSource::Embedded, ConfigSource::File);
             finish(runtime().and_then(|rt| rt.block_on(simulate_alone(source, listen))))
@@ -104,5 +135,79 @@ async fn simulate_alone(source: ConfigSource, listen: Option<std::net::SocketAdd
         let _ = tokio::signal::ctrl_c().await;
     };
     simulate::serve(listener, simulator, stop).await?;
+    Ok(())
+}
+
+fn report(
+    config: &std::path::Path,
+    since: Option<jiff::civil::Date>,
+    until: Option<jiff::civil::Date>,
+    by: By,
+    format: OutFormat,
+) -> anyhow::Result<()> {
+    use tollgate::ledger::report::{self, Format, GroupBy, ReportOptions};
+    let config = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spend = &config.spend;
+    let ledger =
+        spend.ledger.as_ref().ok_or_else(|| anyhow::anyhow!("the config turns the ledger off: nothing to report"))?;
+    if !ledger.path.exists() {
+        anyhow::bail!("no ledger at {} (has `tollgate serve` run with this config?)", ledger.path.display());
+    }
+    let conn = tollgate::ledger::open(&ledger.path)?;
+    let by = match by {
+        By::Team => GroupBy::Team,
+        By::Model => GroupBy::Model,
+        By::Day => GroupBy::Day,
+    };
+    let format = match format {
+        OutFormat::Table => Format::Table,
+        OutFormat::Csv => Format::Csv,
+        OutFormat::Json => Format::Json,
+    };
+    let opts = ReportOptions { since, until, by, format };
+    let today = jiff::Timestamp::now().to_zoned_datetime(spend.timezone.clone()).date();
+    let built = report::build(&conn, &opts, &spend.timezone, today)?;
+    let mut out = std::io::stdout().lock();
+    report::write(&built, &opts, &mut out)?;
+    if format == Format::Table && !spend.budgets.is_empty() {
+        write_budgets(&conn, spend, &mut out)?;
+    }
+    Ok(())
+}
+
+/// Each budget's current period from the ledger: spend, limit, projection at the burn rate so far.
+fn write_budgets(
+    conn: &rusqlite::Connection,
+    spend: &tollgate::config::Spend,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    use tollgate::budget::{BudgetState, Scope, period_bounds};
+    use tollgate::pricing::nano_usd_text as usd;
+    let now = tollgate::ledger::now_ms();
+    writeln!(out, "\nbudget ({})  period  spend_usd  limit_usd  projected_usd  limit_reached_at", spend.timezone_name)?;
+    for def in &spend.budgets {
+        let (start, end) = period_bounds(def.period, &spend.timezone, now);
+        let (team, model) = match &def.scope {
+            Scope::All => (None, None),
+            Scope::Team(t) => (Some(t.as_str()), None),
+            Scope::Model(m) => (None, Some(m.as_str())),
+        };
+        let spent = tollgate::ledger::spend_between(conn, start, end, team, model)?;
+        let snap = BudgetState::new(def.clone(), &spend.timezone, now, spent).snapshot(&spend.timezone, now);
+        let reached = snap
+            .limit_reached_at_ms
+            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+            .map_or("-".to_string(), |t| t.to_string());
+        writeln!(
+            out,
+            "{}  {}  {}  {}  {}  {}",
+            def.name,
+            def.period.as_str(),
+            usd(snap.spent_nano_usd),
+            usd(snap.limit_nano_usd),
+            usd(snap.projected_nano_usd),
+            reached
+        )?;
+    }
     Ok(())
 }

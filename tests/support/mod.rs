@@ -386,6 +386,13 @@ impl Served {
         assert!(ok.success());
     }
 
+    /// SIGTERM, then waits for the process to exit (it drains and flushes the ledger first).
+    pub fn stop(mut self) {
+        self.signal("-TERM");
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "tollgate exited with {status}");
+    }
+
     /// Resident memory of the process, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
