@@ -105,7 +105,8 @@ pub async fn start(config: Config, source: ConfigSource) -> anyhow::Result<Runni
     let metrics = Arc::new(Metrics::new());
     let shutting_down = Arc::new(AtomicBool::new(false));
     let cutoff = Arc::new(Cutoff::default());
-    let accounting = Arc::new(Accounting::start(&config.spend)?);
+    let accounting = Arc::new(Accounting::start(&config.spend).await?);
+    accounting.follow_shared();
     metrics.set_accounting(accounting.clone());
     let routes = Routes::build(config, &metrics, &accounting, &shutting_down, &cutoff)?;
     let state = Arc::new(State::new(routes, metrics, shutting_down, cutoff.clone(), accounting));

@@ -4,6 +4,8 @@
 //! limit overshoot it by at most what they were allowed to start with (see [`BudgetState::try_reserve`]).
 //! No IO and no clock here: `now_ms` is a parameter.
 
+pub mod shared;
+
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::SeqCst};
 
 use jiff::tz::TimeZone;
@@ -194,7 +196,34 @@ impl BudgetState {
         self.roll(tz, now_ms);
         self.release(reserved);
         let before = self.spent.fetch_add(cost, SeqCst);
-        let after = before.saturating_add(cost);
+        self.crossings(before, before.saturating_add(cost))
+    }
+
+    /// The current period [start, end), after moving to a new one if `now_ms` requires it.
+    pub fn period(&self, tz: &TimeZone, now_ms: i64) -> (i64, i64) {
+        self.roll(tz, now_ms);
+        (self.start_ms.load(SeqCst), self.end_ms.load(SeqCst))
+    }
+
+    /// With a shared store: the store's spend is the truth; this keeps the local view in step.
+    pub fn set_shared_spent(&self, spent: u64) {
+        self.spent.store(spent, SeqCst);
+    }
+
+    pub fn period_start(&self) -> i64 {
+        self.start_ms.load(SeqCst)
+    }
+
+    pub fn period_end(&self) -> i64 {
+        self.end_ms.load(SeqCst)
+    }
+
+    pub fn note_rejection(&self) {
+        self.rejections.fetch_add(1, SeqCst);
+    }
+
+    /// Thresholds crossed by spend going from `before` to `after`.
+    pub fn crossings(&self, before: u64, after: u64) -> Vec<Crossing> {
         let limit = self.def.limit_nano_usd;
         self.def
             .thresholds_percent

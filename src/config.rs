@@ -15,8 +15,8 @@ use serde::Deserialize;
 use crate::pricing::{Price, deserialize_decimal, deserialize_opt_decimal};
 use crate::simulate::SimModel;
 use lines::LineIndex;
-pub use spend::{LedgerConfig, Spend, Webhook, WebhookFormat};
-use spend::{RawAlerts, RawBudget, RawClient, RawLedger, RawSpend};
+pub use spend::{BudgetStore, LedgerConfig, Spend, Webhook, WebhookFormat};
+use spend::{RawAlerts, RawBudget, RawBudgetStore, RawClient, RawLedger, RawSpend};
 
 /// Model names that clients may not configure, because they are reserved metric label values.
 pub const RESERVED_MODEL_LABELS: &[&str] = &["other"];
@@ -57,6 +57,8 @@ struct RawConfig {
     budgets: Vec<RawBudget>,
     #[serde(default)]
     alerts: Option<RawAlerts>,
+    #[serde(default)]
+    budget_store: Option<RawBudgetStore>,
 }
 
 fn default_listen() -> String {
@@ -541,8 +543,10 @@ impl Validator<'_> {
                 ledger: raw.ledger,
                 budgets: raw.budgets,
                 alerts: raw.alerts,
+                budget_store: raw.budget_store,
             },
             &model_names,
+            env,
         );
         if let (Some(sim), Some(l), Some(a)) = (&simulator, listen, admin_listen)
             && sim.listen.port() != 0

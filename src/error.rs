@@ -139,6 +139,19 @@ impl ProxyError {
         }
     }
 
+    /// 503: budgets are shared through Redis, Redis is unreachable, and `fail_open` is off.
+    pub fn budget_store_unavailable() -> ProxyError {
+        ProxyError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "server_error",
+            code: Some("budget_store_unavailable"),
+            param: None,
+            message: "the shared budget store is unreachable and this gateway is set to fail closed".into(),
+            reject: Some(RejectReason::BudgetExceeded),
+            retry_after_secs: Some(5),
+        }
+    }
+
     pub fn body(&self) -> Bytes {
         error_json(&self.message, self.kind, self.param, self.code)
     }

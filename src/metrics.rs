@@ -223,6 +223,8 @@ pub trait AccountingView: Send + Sync + std::fmt::Debug {
     fn ledger_rows(&self) -> (u64, u64, u64);
     /// Alert deliveries (succeeded, failed after retries).
     fn alert_deliveries(&self) -> (u64, u64);
+    /// Failed calls to the shared budget store.
+    fn budget_store_errors(&self) -> u64;
 }
 
 /// The series of one backend.

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 pub use bill::{Bill, Payer};
 pub use routes::{Route, Routes, Target};
 
-use crate::accounting::Accounting;
+use crate::accounting::{Accounting, Denied};
 use crate::error::ProxyError;
 use crate::meter::body::{BoxError, Cutoff, MeteredBody, Mode, Sink};
 use crate::meter::{Meter, Outcome};
@@ -185,9 +185,11 @@ where
     };
     let team_name = routes.teams.names().get(team).cloned().unwrap_or_else(|| ANONYMOUS.into());
     let estimate = reservation_estimate(&route, prompt_tokens, view.max_output_tokens);
-    let reservations = state.accounting.admit(&team_name, &route.label, estimate).map_err(|refusal| {
-        ProxyError::budget_exceeded(&refusal.budget, refusal.resets_at_ms, crate::ledger::now_ms())
-    })?;
+    let reservations =
+        state.accounting.admit(&team_name, &route.label, estimate).await.map_err(|denied| match denied {
+            Denied::Budget(r) => ProxyError::budget_exceeded(&r.budget, r.resets_at_ms, crate::ledger::now_ms()),
+            Denied::StoreUnavailable => ProxyError::budget_store_unavailable(),
+        })?;
     let payer = Payer { team, team_name, unix_ms: crate::ledger::now_ms(), reservations };
     let meter = Meter::new(endpoint, view.stream, received, prompt_tokens);
     let call =

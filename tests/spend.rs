@@ -328,3 +328,104 @@ async fn report_totals_equal_what_was_billed() {
     let table = report(&["--by", "day"]);
     assert!(table.contains("total") && table.contains("daily  day  0.03  1"), "{table}");
 }
+
+/// A redis-server of this test's own on loopback, stopped when dropped.
+struct Redis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn redis() -> Redis {
+    let addr = free_addr();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("redis-server is not installed ({e}): run the suite with scripts/test"));
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Redis { child, url: format!("redis://{addr}") }
+}
+
+#[tokio::test]
+async fn two_replicas_sharing_redis_enforce_one_budget() {
+    let store = redis().await;
+    let mut slow = Script::json(200, OK);
+    slow.delay_headers = Duration::from_millis(30);
+    let up = Upstream::start(slow).await;
+    let extra = format!(
+        "budgets:\n  - {{name: shared, limit_usd: 0.05, mode: enforce}}\nbudget_store:\n  redis: {{url: \"{}\"}}\n",
+        store.url
+    );
+    let (path_a, pa, aa) = served_config(&up, &extra);
+    let (path_b, pb, ab) = served_config(&up, &extra);
+    let _a = Served::start(&path_a, aa, &[]).await;
+    let _b = Served::start(&path_b, ab, &[]).await;
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let addr = if i % 2 == 0 { pa } else { pb };
+        tasks.push(tokio::spawn(async move { call(addr, None).await.0 }));
+    }
+    let mut ok = 0u64;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            429 => {}
+            other => panic!("status {other}"),
+        }
+    }
+    // One limit for both: each replica alone would have admitted about 13 (see the enforce test);
+    // together they admit what one would, within the same bound.
+    let (limit, estimate) = (50_000_000u64, 4_010_000u64);
+    assert!(ok >= limit / COST_NANO && ok * estimate < limit + estimate, "{ok} admitted across two replicas");
+    // Both replicas learn the fleet's spend from the shared store.
+    let want = tollgate::pricing::nano_usd_text(ok * COST_NANO);
+    for admin in [aa, ab] {
+        let mut seen = String::new();
+        for _ in 0..50 {
+            seen = budget_spend(admin).await;
+            if seen == want {
+                break;
+            }
+            // A replica hears the fleet's total with each admission decision and settlement.
+            let _ = call(if admin == aa { pa } else { pb }, None).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(seen, want, "replica at {admin} did not see the shared spend");
+    }
+}
+
+#[tokio::test]
+async fn redis_down_fails_open_or_closed_as_configured() {
+    let store = redis().await;
+    let up = Upstream::start(Script::json(200, OK)).await;
+    let budget = |fail_open: bool| {
+        format!(
+            "budgets:\n  - {{name: b, limit_usd: 10, mode: enforce}}\nbudget_store:\n  redis: {{url: \"{}\"}}\n  fail_open: {fail_open}\nmodels:",
+            store.url
+        )
+    };
+    let open = proxy(&config(&up.url(), "", PRICED_MODEL).replace("models:", &budget(true))).await;
+    let closed = proxy(&config(&up.url(), "", PRICED_MODEL).replace("models:", &budget(false))).await;
+    assert_eq!(call(open.proxy_addr, None).await.0, 200);
+    assert_eq!(call(closed.proxy_addr, None).await.0, 200);
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(call(open.proxy_addr, None).await.0, 200, "fail open keeps serving");
+    let (status, body, _) = call(closed.proxy_addr, None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("budget_store_unavailable"));
+    let m = metrics(&open).await;
+    assert!(sample(&m, "tollgate_budget_store_errors_total") >= 1.0, "{m}");
+}

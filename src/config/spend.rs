@@ -81,6 +81,36 @@ fn json() -> String {
     "json".into()
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBudgetStore {
+    redis: RawRedis,
+    #[serde(default = "yes")]
+    fail_open: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    url_env: Option<String>,
+}
+
+/// Where budgets shared by replicas live.
+#[derive(Debug, Clone)]
+pub struct BudgetStore {
+    /// `redis://host:port/db` (may hold a password: kept secret).
+    pub redis_url: super::Secret,
+    /// Keep serving (alert, count) when Redis is unreachable; false refuses enforced requests.
+    pub fail_open: bool,
+}
+
 /// The raw spend keys, as they sit at the top level of the YAML.
 pub(super) struct RawSpend {
     pub timezone: Option<String>,
@@ -89,6 +119,7 @@ pub(super) struct RawSpend {
     pub ledger: Option<RawLedger>,
     pub budgets: Vec<RawBudget>,
     pub alerts: Option<RawAlerts>,
+    pub budget_store: Option<RawBudgetStore>,
 }
 
 #[derive(Debug, Clone)]
@@ -121,10 +152,16 @@ pub struct Spend {
     pub ledger: Option<LedgerConfig>,
     pub budgets: Vec<BudgetDef>,
     pub webhooks: Vec<Webhook>,
+    pub budget_store: Option<BudgetStore>,
 }
 
 impl Validator<'_> {
-    pub(super) fn spend(&mut self, raw: RawSpend, model_names: &[String]) -> Spend {
+    pub(super) fn spend(
+        &mut self,
+        raw: RawSpend,
+        model_names: &[String],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Spend {
         let timezone_name = raw.timezone.unwrap_or_else(|| "UTC".into());
         let timezone = jiff::tz::TimeZone::get(&timezone_name).unwrap_or_else(|_| {
             self.problem("timezone", format!("`{timezone_name}` is not an IANA time zone (e.g. \"Europe/Berlin\")"));
@@ -228,6 +265,20 @@ impl Validator<'_> {
                 _ => self.problem(format!("alerts.webhooks[{i}].url"), "must be an http:// or https:// URL"),
             }
         }
+        let budget_store = raw.budget_store.and_then(|b| {
+            let url = match (b.redis.url, b.redis.url_env) {
+                (Some(u), None) => Some(super::Secret(u)),
+                (None, Some(var)) => self.secret("budget_store.redis.url_env", &var, env),
+                _ => {
+                    self.problem("budget_store.redis", "give `url` or `url_env` (an environment variable holding it)");
+                    None
+                }
+            }?;
+            if !url.expose().starts_with("redis://") && !url.expose().starts_with("rediss://") {
+                self.problem("budget_store.redis", "the URL must start with redis:// or rediss://");
+            }
+            Some(BudgetStore { redis_url: url, fail_open: b.fail_open })
+        });
         Spend {
             timezone,
             timezone_name,
@@ -236,6 +287,7 @@ impl Validator<'_> {
             ledger,
             budgets,
             webhooks,
+            budget_store,
         }
     }
 }

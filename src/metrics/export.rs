@@ -289,6 +289,13 @@ fn encode_accounting(enc: &mut DescriptorEncoder<'_>, view: &dyn AccountingView)
     for (result, n) in [("written", written), ("dropped", dropped), ("failed", failed)] {
         counter(&mut m, &[("result", result)], n)?;
     }
+    let mut m = family(
+        enc,
+        "tollgate_budget_store_errors",
+        "Failed calls to the shared budget store (Redis); with fail_open requests went on unreserved.",
+        MetricType::Counter,
+    )?;
+    m.encode_counter::<NoLabelSet, _, f64>(&view.budget_store_errors(), None)?;
     let (sent, undelivered) = view.alert_deliveries();
     let mut m = family(
         enc,
