@@ -205,6 +205,8 @@ struct RawSimModel {
     output_tokens: u32,
     #[serde(default)]
     jitter_ratio: f64,
+    #[serde(default)]
+    accuracy: f64,
 }
 
 // ---------------------------------------------------------------- validated ----------------
@@ -648,6 +650,9 @@ impl Validator<'_> {
             if m.output_tokens == 0 {
                 self.problem(format!("{path}.output_tokens"), "must be at least 1");
             }
+            if !(0.0..=1.0).contains(&m.accuracy) {
+                self.problem(format!("{path}.accuracy"), "must be between 0 and 1");
+            }
             if !(0.0..=1.0).contains(&m.jitter_ratio) {
                 self.problem(format!("{path}.jitter_ratio"), "must be between 0 and 1");
             }
@@ -657,6 +662,7 @@ impl Validator<'_> {
                 tokens_per_second: m.tokens_per_second,
                 output_tokens: m.output_tokens,
                 jitter_ratio: m.jitter_ratio,
+                accuracy: m.accuracy,
             });
         }
         if models.is_empty() {

@@ -36,6 +36,9 @@ pub struct SimModel {
     pub output_tokens: u32,
     /// 0.0..=1.0; each delay is multiplied by (1 + jitter_ratio * u), u uniform in [-1, 1].
     pub jitter_ratio: f64,
+    /// Simulation only: the probability (0.0..=1.0) of answering with the text a benchmark passes
+    /// in the `x-tollgate-sim-expected` request header, instead of filler words.
+    pub accuracy: f64,
 }
 
 /// The response body type of every simulator response.

@@ -8,6 +8,7 @@ fn model(name: &str, ttft_ms: u64, tps: f64, out: u32) -> SimModel {
         tokens_per_second: tps,
         output_tokens: out,
         jitter_ratio: 0.0,
+        accuracy: 0.0,
     }
 }
 
