@@ -242,6 +242,11 @@ impl Accounting {
         set.list.iter().map(|b| b.snapshot(&set.tz, now)).collect()
     }
 
+    /// An SLA transition for the webhooks.
+    pub fn alert_sla(&self, t: crate::sla::Transition) {
+        self.alerter.send_sla(t);
+    }
+
     /// Waits until every queued ledger row is on disk (shutdown, tests).
     pub fn flush(&self) {
         if let Some(l) = &self.ledger {

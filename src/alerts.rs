@@ -1,7 +1,8 @@
-//! Built-in budget alerts for teams without Alertmanager: threshold crossings and "projected to
+//! Built-in alerts for teams without Alertmanager: budget threshold crossings and "projected to
 //! exceed" become webhook messages (JSON or Slack), one per budget, threshold and period —
-//! deduplicated across restarts through the ledger's `alerts_sent` table — delivered off the
-//! request path with retries and backoff. URLs come from the config only, never from requests.
+//! deduplicated across restarts through the ledger's `alerts_sent` table — and SLA breaches and
+//! recoveries one per transition; delivered off the request path with retries and backoff. URLs
+//! come from the config only, never from requests.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -36,6 +37,13 @@ pub struct Alert {
     pub limit_reached_at_ms: Option<i64>,
 }
 
+/// What the delivery task sends.
+#[derive(Debug, Clone)]
+enum Job {
+    Budget(Alert),
+    Sla(crate::sla::Transition),
+}
+
 /// Attempts per webhook and message, and the first backoff (doubling after each failure).
 const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -49,7 +57,7 @@ struct Counts {
 /// The sending side, held by accounting; delivery runs on its own task.
 #[derive(Debug)]
 pub struct Alerter {
-    tx: mpsc::Sender<Alert>,
+    tx: mpsc::Sender<Job>,
     webhooks: Arc<ArcSwap<Vec<Webhook>>>,
     counts: Arc<Counts>,
 }
@@ -72,7 +80,16 @@ impl Alerter {
 
     /// Queues an alert; never blocks the request path (a full queue drops it, counted as failed).
     pub fn send(&self, alert: Alert) {
-        if self.tx.try_send(alert).is_err() {
+        self.queue(Job::Budget(alert));
+    }
+
+    /// An SLA objective was breached or recovered: one message per transition.
+    pub fn send_sla(&self, t: crate::sla::Transition) {
+        self.queue(Job::Sla(t));
+    }
+
+    fn queue(&self, job: Job) {
+        if self.tx.try_send(job).is_err() {
             self.counts.failed.fetch_add(1, Relaxed);
         }
     }
@@ -89,34 +106,77 @@ type Client = hyper_util::client::legacy::Client<
 >;
 
 async fn deliver_loop(
-    mut rx: mpsc::Receiver<Alert>,
+    mut rx: mpsc::Receiver<Job>,
     webhooks: Arc<ArcSwap<Vec<Webhook>>>,
     counts: Arc<Counts>,
     client: Client,
     ledger_path: Option<PathBuf>,
 ) {
     let mut seen: HashSet<(String, i64, String)> = HashSet::new();
-    while let Some(alert) = rx.recv().await {
-        if !seen.insert((alert.budget.clone(), alert.period_start_ms, alert.threshold.clone())) {
-            continue;
-        }
-        let (first, top) = match &ledger_path {
-            Some(path) => {
-                let (path, a) = (path.clone(), alert.clone());
-                tokio::task::spawn_blocking(move || claim_and_top(&path, &a)).await.unwrap_or((true, Top::default()))
+    while let Some(job) = rx.recv().await {
+        let render: Box<dyn Fn(WebhookFormat) -> Bytes + Send> = match job {
+            Job::Sla(t) => Box::new(move |format| sla_message(&t, format)),
+            Job::Budget(alert) => {
+                if !seen.insert((alert.budget.clone(), alert.period_start_ms, alert.threshold.clone())) {
+                    continue;
+                }
+                let (first, top) = match &ledger_path {
+                    Some(path) => {
+                        let (path, a) = (path.clone(), alert.clone());
+                        tokio::task::spawn_blocking(move || claim_and_top(&path, &a))
+                            .await
+                            .unwrap_or((true, Top::default()))
+                    }
+                    None => (true, Top::default()),
+                };
+                if !first {
+                    continue;
+                }
+                Box::new(move |format| message(&alert, &top, format))
             }
-            None => (true, Top::default()),
         };
-        if !first {
-            continue;
-        }
         for hook in webhooks.load().iter() {
-            let body = message(&alert, &top, hook.format);
-            let ok = post_with_retries(&client, hook, body).await;
+            let ok = post_with_retries(&client, hook, render(hook.format)).await;
             let counter = if ok { &counts.delivered } else { &counts.failed };
             counter.fetch_add(1, Relaxed);
         }
     }
+}
+
+/// The message for an SLA breach or recovery.
+fn sla_message(t: &crate::sla::Transition, format: WebhookFormat) -> Bytes {
+    let state = if t.breached { "breached" } else { "recovered" };
+    let what = match t.objective {
+        crate::sla::Objective::TtftP95 => {
+            format!("{:.1} % of requests got their first token in time (objective: 95 %)", t.observed * 100.0)
+        }
+        crate::sla::Objective::MinOutputTokensPerSecond => {
+            format!(
+                "{:.1} % of requests decoded at or below the minimum speed (objective: at most 50 %)",
+                t.observed * 100.0
+            )
+        }
+        crate::sla::Objective::MaxErrorRatio => format!("error ratio {:.4}", t.observed),
+    };
+    let summary = format!(
+        "SLA `{}` of model `{}` {state}: {what} over the last {} s",
+        t.objective.as_str(),
+        t.model,
+        t.window.as_secs()
+    );
+    let body = match format {
+        WebhookFormat::Json => json!({
+            "kind": "tollgate_sla_alert",
+            "summary": summary,
+            "model": t.model,
+            "objective": t.objective.as_str(),
+            "state": state,
+            "observed": t.observed,
+            "window_seconds": t.window.as_secs(),
+        }),
+        WebhookFormat::Slack => json!({"text": summary}),
+    };
+    Bytes::from(body.to_string())
 }
 
 /// Top spenders of the alert's period, for the message.

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, Routes, State};
 use crate::server::{self, ServeOptions};
 use crate::simulate::{self, Simulator};
+use crate::sla::{ModelSla, Monitor};
 
 /// The example config, compiled in: what `tollgate serve` runs without `--config`.
 pub const EMBEDDED_CONFIG: &str = include_str!("../config.example.yaml");
@@ -110,6 +111,9 @@ pub async fn start(config: Config, source: ConfigSource) -> anyhow::Result<Runni
     metrics.set_accounting(accounting.clone());
     let routes = Routes::build(config, &metrics, &accounting, &shutting_down, &cutoff)?;
     let state = Arc::new(State::new(routes, metrics, shutting_down, cutoff.clone(), accounting));
+
+    state.metrics.set_sla(sla_states(&state.routes.load()));
+    tokio::spawn(sla_loop(Arc::downgrade(&state)));
 
     let s = state.clone();
     let handler = move |req| proxy::handle(s.clone(), req);
@@ -223,5 +227,49 @@ fn modified(source: &ConfigSource) -> Option<SystemTime> {
     match source {
         ConfigSource::File(p) => std::fs::metadata(p).and_then(|m| m.modified()).ok(),
         ConfigSource::Embedded => None,
+    }
+}
+
+/// The SLA states of a config's models.
+fn sla_states(routes: &Routes) -> Vec<Arc<ModelSla>> {
+    routes.config.models.iter().filter_map(|m| Some(Arc::new(ModelSla::new(&m.name, m.sla.clone()?)))).collect()
+}
+
+/// Judges every model's objectives over its rolling window, a dozen times per window (between
+/// every 250 ms and 5 s), and sends breaches and recoveries to the webhooks. A reload starts the
+/// windows afresh.
+async fn sla_loop(state: std::sync::Weak<State>) {
+    let mut current: Option<Arc<Routes>> = None;
+    let mut monitors: Vec<Monitor> = Vec::new();
+    loop {
+        let Some(state) = state.upgrade() else { return };
+        let routes = state.routes.load_full();
+        if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &routes)) {
+            let states = sla_states(&routes);
+            state.metrics.set_sla(states.clone());
+            monitors = states.into_iter().map(Monitor::new).collect();
+            current = Some(routes.clone());
+        }
+        let now = tokio::time::Instant::now();
+        for m in &mut monitors {
+            let Some(route) = routes.route(&m.sla.model) else { continue };
+            let counts = route
+                .targets
+                .iter()
+                .map(|t| t.series.sla_counts(&m.sla.objectives))
+                .fold(crate::sla::Counts::default(), |a, b| a + b);
+            for t in m.tick(now, counts) {
+                tracing::warn!(model = %t.model, objective = t.objective.as_str(), breached = t.breached, observed = t.observed, "SLA state changed");
+                state.accounting.alert_sla(t);
+            }
+        }
+        let tick = monitors
+            .iter()
+            .map(|m| m.sla.objectives.window / 12)
+            .min()
+            .unwrap_or(Duration::from_secs(5))
+            .clamp(Duration::from_millis(250), Duration::from_secs(5));
+        drop(state);
+        tokio::time::sleep(tick).await;
     }
 }

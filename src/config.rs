@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::pricing::{Price, deserialize_decimal, deserialize_opt_decimal};
 use crate::simulate::SimModel;
+use crate::sla::{Objectives, parse_window};
 use lines::LineIndex;
 pub use spend::{BudgetStore, LedgerConfig, Spend, Webhook, WebhookFormat};
 use spend::{RawAlerts, RawBudget, RawBudgetStore, RawClient, RawLedger, RawSpend};
@@ -59,6 +60,8 @@ struct RawConfig {
     alerts: Option<RawAlerts>,
     #[serde(default)]
     budget_store: Option<RawBudgetStore>,
+    #[serde(default)]
+    sla: Option<RawSla>,
 }
 
 fn default_listen() -> String {
@@ -154,6 +157,33 @@ struct RawModel {
     upstream_model: Option<String>,
     #[serde(default)]
     price: Option<RawPrice>,
+    #[serde(default)]
+    sla: Option<RawSla>,
+}
+
+/// SLA keys, at the top level (the default) or per model (overriding it key by key).
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawSla {
+    #[serde(default)]
+    ttft_p95_ms: Option<u64>,
+    #[serde(default)]
+    min_output_tokens_per_second: Option<f64>,
+    #[serde(default)]
+    max_error_ratio: Option<f64>,
+    #[serde(default)]
+    window: Option<String>,
+}
+
+impl RawSla {
+    fn or(&self, default: &RawSla) -> RawSla {
+        RawSla {
+            ttft_p95_ms: self.ttft_p95_ms.or(default.ttft_p95_ms),
+            min_output_tokens_per_second: self.min_output_tokens_per_second.or(default.min_output_tokens_per_second),
+            max_error_ratio: self.max_error_ratio.or(default.max_error_ratio),
+            window: self.window.clone().or_else(|| default.window.clone()),
+        }
+    }
 }
 
 /// One of a model's backends: a name, or `{name, weight}`.
@@ -295,6 +325,8 @@ pub struct Model {
     pub backends: Vec<WeightedBackend>,
     pub upstream_model: Option<String>,
     pub price: Option<Price>,
+    /// The model's objectives (its `sla:` over the top-level one), if any.
+    pub sla: Option<Objectives>,
 }
 
 #[derive(Debug, Clone)]
@@ -369,6 +401,11 @@ impl Config {
 
     pub fn model_by_name(&self, name: &str) -> Option<&Model> {
         self.models.iter().find(|m| m.name == name)
+    }
+
+    /// A model's objectives, if it has any.
+    pub fn sla_for(&self, model: &str) -> Option<&Objectives> {
+        self.model_by_name(model).and_then(|m| m.sla.as_ref())
     }
 }
 
@@ -523,7 +560,8 @@ impl Validator<'_> {
                     cached_input_per_1m: p.cached_input_per_1m_usd,
                 }
             });
-            models.push(Model { name: m.name, backends, upstream_model: m.upstream_model, price });
+            let sla = self.sla(&path, m.sla.as_ref(), raw.sla.as_ref());
+            models.push(Model { name: m.name, backends, upstream_model: m.upstream_model, price, sla });
         }
         if models.is_empty() && raw.default_backend.is_none() && self.problems.is_empty() {
             self.problem("models", "list at least one model (or set `default_backend`)");
@@ -568,6 +606,40 @@ impl Validator<'_> {
             default_backend,
             simulator,
             spend,
+        })
+    }
+
+    /// A model's objectives: its own `sla` keys over the top-level ones.
+    fn sla(&mut self, path: &str, own: Option<&RawSla>, default: Option<&RawSla>) -> Option<Objectives> {
+        let none = RawSla::default();
+        let (key, raw) = match own {
+            Some(o) => (format!("{path}.sla"), o.or(default.unwrap_or(&none))),
+            None => ("sla".to_string(), default?.clone()),
+        };
+        if raw.ttft_p95_ms.is_none() && raw.min_output_tokens_per_second.is_none() && raw.max_error_ratio.is_none() {
+            return None;
+        }
+        if raw.ttft_p95_ms == Some(0) {
+            self.problem(format!("{key}.ttft_p95_ms"), "must be greater than 0");
+        }
+        if raw.min_output_tokens_per_second.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+            self.problem(format!("{key}.min_output_tokens_per_second"), "must be a number greater than 0");
+        }
+        if raw.max_error_ratio.is_some_and(|v| !(0.0..1.0).contains(&v)) {
+            self.problem(format!("{key}.max_error_ratio"), "must be a fraction from 0 up to (not including) 1");
+        }
+        let window = match &raw.window {
+            None => std::time::Duration::from_secs(300),
+            Some(w) => parse_window(w).unwrap_or_else(|| {
+                self.problem(format!("{key}.window"), format!("`{w}` is not a duration like 30s, 5m or 1h"));
+                std::time::Duration::from_secs(300)
+            }),
+        };
+        Some(Objectives {
+            ttft_p95: raw.ttft_p95_ms.map(std::time::Duration::from_millis),
+            min_output_tokens_per_second: raw.min_output_tokens_per_second,
+            max_error_ratio: raw.max_error_ratio,
+            window,
         })
     }
 

@@ -15,7 +15,8 @@
 //! - [`ledger`]: the durable per-request spend ledger (SQLite) and `tollgate report`.
 //! - [`budget`]: calendar budgets, reservations, projections.
 //! - [`accounting`]: per process: budget checks before, ledger + budgets + alerts after a request.
-//! - [`alerts`]: budget alerts delivered to webhooks.
+//! - [`alerts`]: budget and SLA alerts delivered to webhooks.
+//! - [`sla`]: per-model objectives judged over a rolling window.
 //! - [`metrics`]: every Prometheus metric, lock-free series.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own port.
 //! - [`error`]: OpenAI-shaped errors tollgate answers itself.
@@ -36,6 +37,7 @@ pub mod pricing;
 pub mod proxy;
 pub mod server;
 pub mod simulate;
+pub mod sla;
 pub mod sse;
 pub mod teams;
 pub mod upstream;

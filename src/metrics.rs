@@ -20,6 +20,7 @@ pub use histogram::Histogram;
 use crate::meter::{MissingReason, Outcome, Record, UsageSource};
 use crate::openai::Endpoint;
 use crate::pricing::{Price, to_nano_usd};
+use crate::sla::{Counts as SlaCounts, ModelSla, Objectives};
 
 /// The `model` label of requests for models the config does not list.
 pub const OTHER_MODEL: &str = "other";
@@ -150,21 +151,49 @@ pub struct ModelSeries {
 }
 
 impl ModelSeries {
-    fn new(backend: &str, model: &str) -> ModelSeries {
+    /// SLA thresholds become bucket boundaries, so "p95 within 2 s" is read exactly.
+    fn new(backend: &str, model: &str, sla: Option<&Objectives>) -> ModelSeries {
+        let ttft_target: Vec<f64> = sla.and_then(|o| o.ttft_p95).map(|d| d.as_secs_f64()).into_iter().collect();
+        let min_tps: Vec<f64> = sla.and_then(|o| o.min_output_tokens_per_second).into_iter().collect();
         ModelSeries {
             backend: backend.to_string(),
             model: model.to_string(),
             requests: Box::new(counters()),
             duration: std::array::from_fn(|_| Histogram::new(DURATION_BUCKETS)),
-            ttft: Histogram::new(TTFT_BUCKETS),
+            ttft: Histogram::with_extra(TTFT_BUCKETS, &ttft_target),
             tpot: Histogram::new(TPOT_BUCKETS),
-            tps: Histogram::new(TPS_BUCKETS),
+            tps: Histogram::with_extra(TPS_BUCKETS, &min_tps),
             itl: Histogram::new(TPOT_BUCKETS),
             cached_input: AtomicU64::new(0),
             reasoning_output: AtomicU64::new(0),
             unpriced: AtomicU64::new(0),
             usage_missing: counters(),
         }
+    }
+
+    /// This series' share of a model's SLA counts (cumulative).
+    pub fn sla_counts(&self, obj: &Objectives) -> SlaCounts {
+        let mut c = SlaCounts::default();
+        if let Some(t) = obj.ttft_p95 {
+            c.ttft_total = self.ttft.count();
+            c.ttft_within = self.ttft.count_le(t.as_secs_f64());
+        }
+        if let Some(min) = obj.min_output_tokens_per_second {
+            c.tps_total = self.tps.count();
+            c.tps_at_most_min = self.tps.count_le(min);
+        }
+        for (cell, n) in self.requests.iter().enumerate() {
+            let n = n.load(Relaxed);
+            let outcome = Outcome::ALL[cell % Outcome::COUNT];
+            let class = (cell / Outcome::COUNT) % STATUS_CLASSES.len();
+            c.requests += n;
+            let failed = STATUS_CLASSES[class] == "5xx"
+                || matches!(outcome, Outcome::StreamError | Outcome::UpstreamReset | Outcome::IdleTimeout);
+            if failed {
+                c.errors += n;
+            }
+        }
+        c
     }
 
     /// One gap between token-bearing events, observed as it happens.
@@ -267,6 +296,7 @@ struct Store {
     backends: Mutex<Vec<Arc<BackendSeries>>>,
     spend: Mutex<Vec<Arc<SpendSeries>>>,
     accounting: std::sync::OnceLock<Arc<dyn AccountingView>>,
+    sla: Mutex<Vec<Arc<ModelSla>>>,
     label_overflow: AtomicU64,
     rejected: [AtomicU64; 8],
     reloads: [AtomicU64; 2],
@@ -299,12 +329,14 @@ impl Metrics {
     }
 
     /// The series of a backend × model pair, created on first use. Called at config load only.
-    pub fn model_series(&self, backend: &str, model: &str) -> Arc<ModelSeries> {
+    /// Buckets are fixed at creation: SLA thresholds changed by a reload become boundaries at the
+    /// next restart.
+    pub fn model_series(&self, backend: &str, model: &str, sla: Option<&Objectives>) -> Arc<ModelSeries> {
         let mut models = self.store.models.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = models.iter().find(|s| s.backend == backend && s.model == model) {
             return s.clone();
         }
-        let s = Arc::new(ModelSeries::new(backend, model));
+        let s = Arc::new(ModelSeries::new(backend, model, sla));
         models.push(s.clone());
         s
     }
@@ -324,6 +356,11 @@ impl Metrics {
         });
         all.push(s.clone());
         s
+    }
+
+    /// The models' SLA states to export (replaced on every config load).
+    pub fn set_sla(&self, sla: Vec<Arc<ModelSla>>) {
+        *self.store.sla.lock().unwrap_or_else(|p| p.into_inner()) = sla;
     }
 
     /// Connects the budget, ledger and alert figures to the exposition (once, at start).

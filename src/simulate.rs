@@ -5,6 +5,7 @@
 //! a small state machine driven by one reusable `tokio::time::Sleep`, and each chunk's bytes are
 //! written only when the chunk is due.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -40,6 +41,13 @@ pub struct SimModel {
     /// in the `x-tollgate-sim-expected` request header, instead of filler words.
     pub accuracy: f64,
 }
+
+/// Simulation only: the answer a "correct" model would give, sent by `tollgate bench` with scored
+/// prompts. The value is UTF-8 text, percent-encoded (`%XX`; other bytes are taken as they are).
+/// With probability `accuracy` (drawn from the request's own generator) the reply is this text,
+/// cut into word tokens (each word with the whitespace before it), instead of filler words; the
+/// usage then counts those tokens.
+pub const EXPECTED_HEADER: &str = "x-tollgate-sim-expected";
 
 /// The response body type of every simulator response.
 pub type SimBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -189,9 +197,10 @@ impl Simulator {
             return Err(ApiError::new(404, Some("model"), code, message));
         };
         let chat = path == "/v1/chat/completions";
+        let expected = parts.headers.get(EXPECTED_HEADER).map(|v| percent_decode(v.as_bytes()));
         match path {
             "/v1/embeddings" => self.embeddings(entry, &body, start).await,
-            _ => self.generate(entry, chat, &body, start).await,
+            _ => self.generate(entry, chat, &body, expected, start).await,
         }
     }
 
@@ -207,7 +216,7 @@ impl Simulator {
         (counter, fastrand::Rng::with_seed(words), fastrand::Rng::with_seed(jitter))
     }
 
-    async fn generate(&self, e: &Entry, chat: bool, body: &Value, start: Instant) -> Routed {
+    async fn generate(&self, e: &Entry, chat: bool, body: &Value, expected: Option<String>, start: Instant) -> Routed {
         let param = if chat { "messages" } else { "prompt" };
         let valid = match body.get(param) {
             Some(Value::Array(m)) if chat => !m.is_empty() && m.iter().all(Value::is_object),
@@ -230,12 +239,17 @@ impl Simulator {
             Some(o) if o.is_object() => flag(o, "include_usage", "stream_options")?,
             Some(_) => return Err(bad("stream_options", "'stream_options' must be an object")),
         };
-        let (model, out) = (&e.model, e.model.output_tokens);
-        let n = max_tokens.min(out);
-        let finish = if n < out { "length" } else { "stop" };
+        let model = &e.model;
         let prompt = prompt_tokens(body);
         let content = format!("{}\u{0}{}", e.model.name, body.get(param).map(Value::to_string).unwrap_or_default());
         let (counter, mut words, mut jit) = self.accept(e, fnv1a(&content));
+        // The draw happens only for requests that carry an expected answer, so that the timing of
+        // every other request stays what it was.
+        let answer = expected.filter(|_| jit.f64() < model.accuracy).map(|t| word_tokens(&t)).filter(|a| !a.is_empty());
+        // An answer has its own length; filler has the configured one. Both stop at max_tokens.
+        let out = answer.as_ref().map_or(model.output_tokens, |a| u32::try_from(a.len()).unwrap_or(u32::MAX));
+        let n = max_tokens.min(out);
+        let finish = if n < out { "length" } else { "stop" };
         let (id, object, chunk_object) = if chat {
             ("chatcmpl", "chat.completion", "chat.completion.chunk")
         } else {
@@ -257,6 +271,7 @@ impl Simulator {
                 sent: 0,
                 finish,
                 usage: include_usage.then_some(prompt),
+                answer,
                 words,
                 jitter: jit,
                 ratio: model.jitter_ratio,
@@ -270,9 +285,14 @@ impl Simulator {
         tokio::time::sleep_until(start + jitter(total, model.jitter_ratio, &mut jit)).await;
         // The capacity is bounded because output_tokens comes from configuration, not from a need.
         let mut text = String::with_capacity(n.min(1 << 16) as usize * 6);
-        for i in 0..n {
-            text.push_str(if i == 0 { "" } else { " " });
-            text.push_str(word(&mut words));
+        match &answer {
+            Some(tokens) => tokens.iter().take(n as usize).for_each(|t| text.push_str(t)),
+            None => {
+                for i in 0..n {
+                    text.push_str(if i == 0 { "" } else { " " });
+                    text.push_str(word(&mut words));
+                }
+            }
         }
         let total = prompt.saturating_add(n);
         let usage = json!({"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": total});
@@ -469,6 +489,48 @@ fn word(rng: &mut fastrand::Rng) -> &'static str {
     WORDS[rng.usize(..WORDS.len())]
 }
 
+/// Cuts text into word tokens, each carrying the whitespace before it, so that the tokens joined
+/// give the text back (minus any trailing whitespace): "a  b\nc" → ["a", "  b", "\nc"].
+fn word_tokens(text: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
+    let mut current = String::new();
+    let mut in_word = false;
+    for c in text.chars() {
+        if c.is_whitespace() && in_word {
+            tokens.push(std::mem::take(&mut current));
+            in_word = false;
+        }
+        in_word |= !c.is_whitespace();
+        current.push(c);
+    }
+    if in_word {
+        tokens.push(current);
+    }
+    tokens
+}
+
+/// Decodes `%XX` escapes (other bytes are kept) and reads the result as UTF-8, replacing invalid
+/// sequences.
+fn percent_decode(raw: &[u8]) -> String {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let pair = (raw[i] == b'%').then(|| Some((hex(*raw.get(i + 1)?)?, hex(*raw.get(i + 2)?)?))).flatten();
+        match pair {
+            Some((hi, lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            None => {
+                out.push(raw[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Scales `d` by (1 + ratio * u) with u uniform in [-1, 1); a zero ratio returns `d` untouched so
 /// that timing is exact.
 fn jitter(d: Duration, ratio: f64, rng: &mut fastrand::Rng) -> Duration {
@@ -555,6 +617,8 @@ struct SseStream {
     finish: &'static str,
     /// The prompt token count, present only when the client asked for a usage chunk.
     usage: Option<u32>,
+    /// The expected answer's tokens, when this reply is a "correct" one; filler words otherwise.
+    answer: Option<Vec<String>>,
     words: fastrand::Rng,
     jitter: fastrand::Rng,
     ratio: f64,
@@ -575,8 +639,16 @@ impl SseStream {
             }
             Phase::Token => {
                 ready!(self.sleep.as_mut().poll(cx));
-                let space = if self.sent == 0 { "" } else { " " };
-                let word = word(&mut self.words);
+                let (space, word) = match &self.answer {
+                    // Answer tokens carry their own whitespace and may need JSON escaping.
+                    Some(tokens) => {
+                        let token = tokens.get(self.sent as usize).map_or("", String::as_str);
+                        let quoted = Value::from(token).to_string();
+                        let inner = quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"')).unwrap_or_default();
+                        ("", Cow::Owned(inner.to_string()))
+                    }
+                    None => (if self.sent == 0 { "" } else { " " }, Cow::Borrowed(word(&mut self.words))),
+                };
                 self.sent += 1;
                 if self.sent >= self.n {
                     self.phase = Phase::Finish;
@@ -584,7 +656,7 @@ impl SseStream {
                     self.deadline += jitter(self.gap, self.ratio, &mut self.jitter);
                     self.sleep.as_mut().reset(self.deadline);
                 }
-                self.event(&[TOKEN_OPEN[chat], space, word, TOKEN_CLOSE[chat]])
+                self.event(&[TOKEN_OPEN[chat], space, &word, TOKEN_CLOSE[chat]])
             }
             Phase::Finish => {
                 let usage = self.usage.is_some();

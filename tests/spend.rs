@@ -5,11 +5,10 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use support::*;
 
 /// Every answer costs exactly 1000 input + 500 output tokens: at $2/$8 per 1M that is $0.006.
@@ -160,50 +159,6 @@ async fn an_enforced_budget_refuses_with_a_429_and_overshoots_within_the_bound()
     let m = metrics(&proxy).await;
     assert_eq!(sample(&m, "tollgate_budget_rejections_total{budget=\"tight\",period=\"day\"}"), (20 - ok) as f64);
     assert_eq!(sample(&m, "tollgate_budget_limit_usd{budget=\"tight\",period=\"day\"}"), 0.05);
-}
-
-/// A webhook receiver on loopback that fails its first `failures` deliveries with a 500.
-struct Receiver {
-    url: String,
-    got: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-async fn receiver(failures: usize) -> Receiver {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let attempts = Arc::new(Mutex::new(0usize));
-    let g = got.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let (g, attempts) = (g.clone(), attempts.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (g, attempts) = (g.clone(), attempts.clone());
-                    async move {
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let n = {
-                            let mut a = attempts.lock().unwrap();
-                            *a += 1;
-                            *a
-                        };
-                        let status = if n <= failures { 500 } else { 200 };
-                        if status == 200 {
-                            g.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
-                        }
-                        Ok::<_, std::convert::Infallible>(
-                            http::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Receiver { url, got }
 }
 
 #[tokio::test]

@@ -239,6 +239,8 @@ impl Collector for Exporter {
         for (i, result) in ["success", "failure"].iter().enumerate() {
             counter(&mut m, &[("result", *result)], self.0.reloads[i].load(Relaxed))?;
         }
+        let sla = self.0.sla.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        encode_sla(&mut enc, &sla)?;
         if let Some(view) = self.0.accounting.get() {
             encode_accounting(&mut enc, view.as_ref())?;
         }
@@ -305,6 +307,61 @@ fn encode_accounting(enc: &mut DescriptorEncoder<'_>, view: &dyn AccountingView)
     )?;
     for (result, n) in [("success", sent), ("failure", undelivered)] {
         counter(&mut m, &[("result", result)], n)?;
+    }
+    Ok(())
+}
+
+/// Picks one target of a model's objectives.
+type TargetOf = fn(&crate::sla::Objectives) -> Option<f64>;
+
+/// SLA targets (so rules and dashboards read them instead of copying numbers) and states.
+fn encode_sla(enc: &mut DescriptorEncoder<'_>, sla: &[Arc<crate::sla::ModelSla>]) -> std::fmt::Result {
+    use crate::sla::Objective;
+    let targets: [(&str, &str, Objective, TargetOf); 3] = [
+        (
+            "tollgate_sla_target_seconds",
+            "SLA target: 95 % of requests get their first token within this.",
+            Objective::TtftP95,
+            |o| o.ttft_p95.map(|d| d.as_secs_f64()),
+        ),
+        (
+            "tollgate_sla_target_tokens_per_second",
+            "SLA target: the median request decodes at least this fast.",
+            Objective::MinOutputTokensPerSecond,
+            |o| o.min_output_tokens_per_second,
+        ),
+        (
+            "tollgate_sla_target_ratio",
+            "SLA target: at most this fraction of requests fail.",
+            Objective::MaxErrorRatio,
+            |o| o.max_error_ratio,
+        ),
+    ];
+    for (name, help, objective, get) in targets {
+        let mut m = family(enc, name, help, MetricType::Gauge)?;
+        for s in sla {
+            if let Some(v) = get(&s.objectives) {
+                m.encode_family(&[("model", s.model.as_str()), ("objective", objective.as_str())])?.encode_gauge(&v)?;
+            }
+        }
+    }
+    let mut m = family(
+        enc,
+        "tollgate_sla_breached",
+        "1 while the objective is breached over its rolling window.",
+        MetricType::Gauge,
+    )?;
+    for s in sla {
+        for (objective, configured) in [
+            (Objective::TtftP95, s.objectives.ttft_p95.is_some()),
+            (Objective::MinOutputTokensPerSecond, s.objectives.min_output_tokens_per_second.is_some()),
+            (Objective::MaxErrorRatio, s.objectives.max_error_ratio.is_some()),
+        ] {
+            if configured {
+                let labels = [("model", s.model.as_str()), ("objective", objective.as_str())];
+                m.encode_family(&labels)?.encode_gauge(&i64::from(s.breached(objective)))?;
+            }
+        }
     }
     Ok(())
 }

@@ -1,24 +1,42 @@
 //! A lock-free Prometheus histogram: one atomic counter per bucket and the sum as atomic f64 bits.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use prometheus_client::encoding::{EncodeLabelSet, MetricEncoder, NoLabelSet};
 
 #[derive(Debug)]
 pub struct Histogram {
-    bounds: &'static [f64],
+    bounds: Arc<[f64]>,
     /// Non-cumulative counts; the last cell is the +Inf bucket.
     counts: Box<[AtomicU64]>,
     sum_bits: AtomicU64,
 }
 
 impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Histogram {
+    pub fn new(bounds: &[f64]) -> Histogram {
+        Histogram::with_extra(bounds, &[])
+    }
+
+    /// Buckets `base` plus `extra` boundaries (SLA thresholds), sorted, without duplicates.
+    pub fn with_extra(base: &[f64], extra: &[f64]) -> Histogram {
+        let mut bounds: Vec<f64> = base.iter().chain(extra).copied().filter(|b| b.is_finite()).collect();
+        bounds.sort_by(f64::total_cmp);
+        bounds.dedup();
         Histogram {
-            bounds,
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            bounds: bounds.into(),
             sum_bits: AtomicU64::new(0f64.to_bits()),
         }
+    }
+
+    /// Observations ≤ `v`: exact when `v` is a bucket boundary (SLA thresholds always are).
+    pub fn count_le(&self, v: f64) -> u64 {
+        self.bounds.iter().zip(self.counts.iter()).take_while(|(b, _)| **b <= v).map(|(_, c)| c.load(Relaxed)).sum()
+    }
+
+    pub fn bounds(&self) -> &[f64] {
+        &self.bounds
     }
 
     pub fn observe(&self, v: f64) {
@@ -68,5 +86,12 @@ mod tests {
         assert_eq!(h.buckets(), vec![(0.1, 2), (1.0, 2), (f64::INFINITY, 1)]);
         assert_eq!(h.count(), 5);
         assert!((h.sum() - 4.65).abs() < 1e-12);
+        assert_eq!((h.count_le(0.1), h.count_le(1.0), h.count_le(0.05)), (2, 4, 0));
+    }
+
+    #[test]
+    fn extra_boundaries_join_the_list() {
+        let h = Histogram::with_extra(&[0.1, 1.0, 5.0], &[2.0, 1.0]);
+        assert_eq!(h.bounds(), &[0.1, 1.0, 2.0, 5.0]);
     }
 }

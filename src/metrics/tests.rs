@@ -27,7 +27,7 @@ fn record(usage: Option<(Usage, UsageSource)>) -> Record {
 #[test]
 fn records_become_series() {
     let m = Metrics::new();
-    let s = m.model_series("sim", "sim-small");
+    let s = m.model_series("sim", "sim-small", None);
     let price = Price {
         input_per_1m: Decimal::from_str("0.10").unwrap_or_default(),
         output_per_1m: Decimal::from_str("0.40").unwrap_or_default(),
@@ -39,7 +39,7 @@ fn records_become_series() {
         s.record(&record(Some((u, UsageSource::Reported))), Some(&price), &spend);
     }
     s.observe_inter_token(Duration::from_millis(20));
-    let unpriced = m.model_series("sim", "free");
+    let unpriced = m.model_series("sim", "free", None);
     unpriced.record(&record(Some((u, UsageSource::Estimated))), None, &m.spend_series("sim", "free", "anonymous"));
     m.backend_series("sim").in_flight_add(2);
     m.model_label_overflow();
@@ -64,5 +64,5 @@ fn records_become_series() {
     has(r#"tollgate_build_info{version="0.1.0"} 1"#);
     has("# TYPE tollgate_output_tokens_per_second histogram");
     // The same series handle comes back for the same labels (reloads keep counting).
-    assert!(Arc::ptr_eq(&s, &m.model_series("sim", "sim-small")));
+    assert!(Arc::ptr_eq(&s, &m.model_series("sim", "sim-small", None)));
 }

@@ -12,6 +12,7 @@ use crate::config::{Config, WeightedBackend};
 use crate::meter::body::Cutoff;
 use crate::metrics::{Metrics, ModelSeries, OTHER_MODEL, SpendSeries};
 use crate::pricing::Price;
+use crate::sla::Objectives;
 use crate::teams::{ANONYMOUS, TeamId, Teams};
 use crate::upstream::Upstream;
 
@@ -112,37 +113,44 @@ impl Routes {
             .iter()
             .map(|b| Upstream::new(b.clone(), metrics.backend_series(&b.name)).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let route =
-            |label: &str, backends: &[WeightedBackend], upstream_model: Option<String>, price: Option<Price>| {
-                let targets = backends
-                    .iter()
-                    .map(|b| {
-                        let upstream = upstreams[b.index].clone();
-                        let backend = upstream.cfg.name.as_str();
-                        Arc::new(Target {
-                            label: label.into(),
-                            backend_name: backend.into(),
-                            series: metrics.model_series(backend, label),
-                            spend: teams.names().iter().map(|t| metrics.spend_series(backend, label, t)).collect(),
-                            anonymous_spend: metrics.spend_series(backend, label, ANONYMOUS),
-                            weight: b.weight,
-                            price: price.clone(),
-                            accounting: accounting.clone(),
-                            shutting_down: shutting_down.clone(),
-                            cutoff: cutoff.clone(),
-                            upstream,
-                        })
+        let route = |label: &str,
+                     backends: &[WeightedBackend],
+                     upstream_model: Option<String>,
+                     price: Option<Price>,
+                     sla: Option<&Objectives>| {
+            let targets = backends
+                .iter()
+                .map(|b| {
+                    let upstream = upstreams[b.index].clone();
+                    let backend = upstream.cfg.name.as_str();
+                    Arc::new(Target {
+                        label: label.into(),
+                        backend_name: backend.into(),
+                        series: metrics.model_series(backend, label, sla),
+                        spend: teams.names().iter().map(|t| metrics.spend_series(backend, label, t)).collect(),
+                        anonymous_spend: metrics.spend_series(backend, label, ANONYMOUS),
+                        weight: b.weight,
+                        price: price.clone(),
+                        accounting: accounting.clone(),
+                        shutting_down: shutting_down.clone(),
+                        cutoff: cutoff.clone(),
+                        upstream,
                     })
-                    .collect();
-                Arc::new(Route { label: label.to_string(), upstream_model, targets })
-            };
+                })
+                .collect();
+            Arc::new(Route { label: label.to_string(), upstream_model, targets })
+        };
         let by_model = config
             .models
             .iter()
-            .map(|m| (m.name.clone(), route(&m.name, &m.backends, m.upstream_model.clone(), m.price.clone())))
+            .map(|m| {
+                let r = route(&m.name, &m.backends, m.upstream_model.clone(), m.price.clone(), m.sla.as_ref());
+                (m.name.clone(), r)
+            })
             .collect();
-        let fallback =
-            config.default_backend.map(|index| route(OTHER_MODEL, &[WeightedBackend { index, weight: 1 }], None, None));
+        let fallback = config
+            .default_backend
+            .map(|index| route(OTHER_MODEL, &[WeightedBackend { index, weight: 1 }], None, None, None));
         let list = serde_json::json!({
             "object": "list",
             "data": config.models.iter().map(|m| serde_json::json!({

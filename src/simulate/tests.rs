@@ -372,3 +372,93 @@ async fn serves_http1_and_h2c_over_tcp() {
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
 }
+
+/// A chat request carrying an expected answer in the simulation header.
+fn with_expected(body: Value, expected: &str) -> Request<Full<Bytes>> {
+    Request::post("/v1/chat/completions")
+        .header(EXPECTED_HEADER, expected)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+/// The streamed content and the reported completion tokens of an SSE response.
+async fn streamed(resp: Response<SimBody>) -> (String, Value) {
+    let mut content = String::new();
+    let mut usage = Value::Null;
+    for (_, frame) in frames(resp, Instant::now()).await {
+        if frame == "data: [DONE]\n\n" {
+            continue;
+        }
+        let e = event(&frame);
+        if let Some(text) = e["choices"][0]["delta"]["content"].as_str() {
+            content.push_str(text);
+        }
+        if !e["usage"].is_null() {
+            usage = e["usage"].clone();
+        }
+    }
+    (content, usage)
+}
+
+#[tokio::test(start_paused = true)]
+async fn accuracy_answers_with_the_expected_text() {
+    let mut m = model("m", 10, 100.0, 6);
+    m.accuracy = 1.0;
+    let s = sim(vec![m]);
+    // Percent-encoded UTF-8 with a quote, a newline and a non-ASCII character.
+    let header = "%7B%22city%22%3A %22Z%C3%BCrich%22%7D%0Anext";
+    let expected = "{\"city\": \"Zürich\"}\nnext";
+    let options = json!({"stream": true, "stream_options": {"include_usage": true}});
+    let resp = s.clone().handle(with_expected(chat("m", json!("q"), options.clone()), header)).await;
+    let (content, usage) = streamed(resp).await;
+    assert_eq!(content, expected);
+    // Word tokens: `{"city":`, ` "Zürich"}`, `\nnext`.
+    assert_eq!(usage["completion_tokens"], 3);
+    assert_eq!(usage["total_tokens"], usage["prompt_tokens"].as_u64().unwrap() + 3);
+
+    // Non-streamed: the same text and count.
+    let resp = s.clone().handle(with_expected(chat("m", json!("q"), json!({})), header)).await;
+    let reply = json_body(resp).await;
+    assert_eq!(reply["choices"][0]["message"]["content"], expected);
+    assert_eq!(reply["usage"]["completion_tokens"], 3);
+    assert_eq!(reply["choices"][0]["finish_reason"], "stop");
+
+    // max_tokens cuts the answer like any other output.
+    let resp = s.clone().handle(with_expected(chat("m", json!("q"), json!({"max_tokens": 2})), header)).await;
+    let reply = json_body(resp).await;
+    assert_eq!(reply["choices"][0]["message"]["content"], "{\"city\": \"Zürich\"}");
+    assert_eq!(reply["usage"]["completion_tokens"], 2);
+    assert_eq!(reply["choices"][0]["finish_reason"], "length");
+
+    // Without the header: filler of the configured length.
+    let resp = s.clone().handle(post("/v1/chat/completions", chat("m", json!("q"), options))).await;
+    let (content, usage) = streamed(resp).await;
+    assert_eq!(content.split(' ').count(), 6);
+    assert_eq!(usage["completion_tokens"], 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn accuracy_is_a_per_request_probability() {
+    for (accuracy, low, high) in [(0.0, 0, 0), (0.75, 130, 170), (1.0, 200, 200)] {
+        let mut m = model("m", 1, 1000.0, 4);
+        m.accuracy = accuracy;
+        let s = sim(vec![m]);
+        let mut correct = 0;
+        for _ in 0..200 {
+            // The same prompt every time: correctness is drawn per request, not per prompt.
+            let resp = s.clone().handle(with_expected(chat("m", json!("same"), json!({})), "Paris")).await;
+            correct += u32::from(json_body(resp).await["choices"][0]["message"]["content"] == "Paris");
+        }
+        assert!((low..=high).contains(&correct), "accuracy {accuracy}: {correct}/200 correct");
+    }
+}
+
+#[test]
+fn word_tokens_and_percent_decoding() {
+    assert_eq!(word_tokens("a  b\nc "), ["a", "  b", "\nc"]);
+    assert_eq!(word_tokens("  lead"), ["  lead"]);
+    assert!(word_tokens(" \n").is_empty());
+    assert_eq!(percent_decode(b"100%25 sure%2"), "100% sure%2");
+    assert_eq!(percent_decode(b"%C3%A9t%C3%A9"), "été");
+    assert_eq!(percent_decode(b"%zz"), "%zz");
+}

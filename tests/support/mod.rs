@@ -45,6 +45,8 @@ pub struct Script {
     pub close: bool,
     /// Extra header lines, each ending in `\r\n`.
     pub headers: String,
+    /// A wait after the headers, in milliseconds, that the test can change while the upstream runs.
+    pub first_byte_delay_ms: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Script {
@@ -57,6 +59,7 @@ impl Script {
             steps,
             close: false,
             headers: String::new(),
+            first_byte_delay_ms: None,
         }
     }
     pub fn json(status: u16, body: &str) -> Script {
@@ -68,6 +71,7 @@ impl Script {
             steps: vec![Step::Send(Bytes::from(body.to_string()))],
             close: false,
             headers: String::new(),
+            first_byte_delay_ms: None,
         }
     }
 }
@@ -197,6 +201,9 @@ async fn serve_one(mut stream: TcpStream, script: Script, seen: Arc<Mutex<Vec<Se
         }
         if stream.write_all(out.as_bytes()).await.is_err() {
             return;
+        }
+        if let Some(d) = &script.first_byte_delay_ms {
+            tokio::time::sleep(Duration::from_millis(d.load(std::sync::atomic::Ordering::Relaxed))).await;
         }
         for step in &script.steps {
             let ok = match step {
@@ -406,4 +413,48 @@ impl Served {
             .parse()
             .unwrap()
     }
+}
+
+/// A webhook receiver on loopback that fails its first `failures` deliveries with a 500.
+pub struct Receiver {
+    pub url: String,
+    pub got: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+pub async fn receiver(failures: usize) -> Receiver {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let attempts = Arc::new(Mutex::new(0usize));
+    let g = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (g, attempts) = (g.clone(), attempts.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (g, attempts) = (g.clone(), attempts.clone());
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let n = {
+                            let mut a = attempts.lock().unwrap();
+                            *a += 1;
+                            *a
+                        };
+                        let status = if n <= failures { 500 } else { 200 };
+                        if status == 200 {
+                            g.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                        }
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Receiver { url, got }
 }
