@@ -111,6 +111,10 @@ fn lenient_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Erro
 
 /// Parses a request body. `Err` carries a message for a 400 response.
 pub fn parse_request(body: &[u8]) -> Result<RequestView<'_>, String> {
+    // A derived struct would also read a JSON array by position: only an object is a request.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err("request body must be a JSON object".into());
+    }
     let raw: RawRequest<'_> =
         serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
     let (messages, message_chars) = raw.messages.map(|m| (m.count, m.chars)).unwrap_or((0, 0));

@@ -37,9 +37,12 @@ impl Price {
         let cached = usage.cached_input.min(usage.input);
         let uncached = usage.input - cached;
         let cached_price = self.cached_input_per_1m.unwrap_or(self.input_per_1m);
-        (Decimal::from(uncached) * self.input_per_1m
-            + Decimal::from(cached) * cached_price
-            + Decimal::from(usage.output) * self.output_per_1m)
+        // Checked: absurd prices × absurd counts saturate instead of panicking on the request path.
+        let part = |n: u64, p: Decimal| Decimal::from(n).checked_mul(p).unwrap_or(Decimal::MAX);
+        part(uncached, self.input_per_1m)
+            .checked_add(part(cached, cached_price))
+            .and_then(|s| s.checked_add(part(usage.output, self.output_per_1m)))
+            .unwrap_or(Decimal::MAX)
             / ONE_MILLION
     }
 }
@@ -47,9 +50,9 @@ impl Price {
 /// Whole nano-dollars (1e-9 USD), rounded half away from zero: the unit metrics accumulate in,
 /// so that sums over millions of requests stay exact integers.
 pub fn to_nano_usd(cost: Decimal) -> u64 {
-    (cost * NANOS_PER_USD)
-        .round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
-        .to_u64()
+    cost.checked_mul(NANOS_PER_USD)
+        .map(|n| n.round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero))
+        .and_then(|n| n.to_u64())
         .unwrap_or(u64::MAX)
 }
 

@@ -179,6 +179,12 @@ impl SseParser {
         }
     }
 
+    /// Whether `chunk` opens with the LF of a CRLF split across reads: that byte belongs to the
+    /// event that ended at the previous read's CR, not to the next one (`feed` skips it silently).
+    pub fn continues_crlf(&self, chunk: &[u8]) -> bool {
+        self.pending_cr && chunk.first() == Some(&b'\n')
+    }
+
     /// True once a line exceeded `max_line_bytes`; from then on `feed` ignores all input (no callbacks).
     pub fn overflowed(&self) -> bool {
         self.overflowed

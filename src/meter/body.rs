@@ -62,7 +62,13 @@ impl Cutoff {
 pub enum Mode {
     /// `text/event-stream`. With `strip_usage`, the usage-only chunk tollgate forced is removed; to
     /// be able to, an event split across reads is forwarded once its last byte has arrived.
-    Sse { parser: SseParser, strip_usage: bool, held: BytesMut },
+    Sse {
+        parser: SseParser,
+        strip_usage: bool,
+        held: BytesMut,
+        /// The last complete block was a removed usage chunk (its split CRLF's LF goes with it).
+        last_dropped: bool,
+    },
     /// A JSON body: parts are kept (reference-counted, not copied) up to `cap` bytes and read at the end.
     Json { parts: Vec<Bytes>, size: usize, cap: usize },
     /// Anything else, and upstream error bodies: forwarded, not read.
@@ -71,7 +77,7 @@ pub enum Mode {
 
 impl Mode {
     pub fn sse(max_line_bytes: usize, strip_usage: bool) -> Mode {
-        Mode::Sse { parser: SseParser::new(max_line_bytes), strip_usage, held: BytesMut::new() }
+        Mode::Sse { parser: SseParser::new(max_line_bytes), strip_usage, held: BytesMut::new(), last_dropped: false }
     }
     pub fn json(cap: usize) -> Mode {
         Mode::Json { parts: Vec::new(), size: 0, cap }
@@ -165,7 +171,7 @@ where
                 }
                 data
             }
-            Mode::Sse { parser, strip_usage, held } => {
+            Mode::Sse { parser, strip_usage, held, last_dropped } => {
                 if parser.overflowed() {
                     return data;
                 }
@@ -173,17 +179,26 @@ where
                 let strip = *strip_usage;
                 // Event blocks to drop, as (start, end) offsets into `data`; empty in the common case.
                 let mut drops: Vec<(usize, usize)> = Vec::new();
-                let mut start = 0;
+                // The LF of a CRLF split across reads, when that CR ended a block (a blank line),
+                // belongs to that block: it goes (or stays out) with it, and this read's first
+                // block starts after it. After any other line it is part of the held event.
+                let mut start = usize::from(parser.continues_crlf(&data) && !parser.is_mid_event());
+                if start == 1 && *last_dropped {
+                    drops.push((0, 1));
+                }
                 parser.feed(&data, &mut |event, end| {
+                    let mut dropped = false;
                     if let Some(ev) = event {
                         let info = classify_event(ev.event, ev.data);
                         if let Some(gap) = meter.on_event(&info, now) {
                             sink.inter_token(gap);
                         }
-                        if strip && info.usage_only {
+                        dropped = strip && info.usage_only;
+                        if dropped {
                             drops.push((start, end));
                         }
                     }
+                    *last_dropped = dropped;
                     start = end;
                 });
                 if parser.overflowed() {
