@@ -17,6 +17,7 @@
 //! - [`accounting`]: per process: budget checks before, ledger + budgets + alerts after a request.
 //! - [`alerts`]: budget and SLA alerts delivered to webhooks.
 //! - [`sla`]: per-model objectives judged over a rolling window.
+//! - [`rules`]: Prometheus rules generated from SLAs and budgets (`tollgate rules`).
 //! - [`metrics`]: every Prometheus metric, lock-free series.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own port.
 //! - [`error`]: OpenAI-shaped errors tollgate answers itself.
@@ -34,6 +35,7 @@ pub mod meter;
 pub mod metrics;
 pub mod openai;
 pub mod pricing;
+pub mod rules;
 pub mod proxy;
 pub mod server;
 pub mod simulate;
