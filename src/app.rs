@@ -21,6 +21,7 @@ use crate::proxy::{self, Routes, State};
 use crate::server::{self, ServeOptions};
 use crate::simulate::{self, Simulator};
 use crate::sla::{ModelSla, Monitor};
+use crate::telemetry::Tracer;
 
 /// The example config, compiled in: what `tollgate serve` runs without `--config`.
 pub const EMBEDDED_CONFIG: &str = include_str!("../config.example.yaml");
@@ -109,8 +110,12 @@ pub async fn start(config: Config, source: ConfigSource) -> anyhow::Result<Runni
     let accounting = Arc::new(Accounting::start(&config.spend).await?);
     accounting.follow_shared();
     metrics.set_accounting(accounting.clone());
-    let routes = Routes::build(config, &metrics, &accounting, &shutting_down, &cutoff)?;
-    let state = Arc::new(State::new(routes, metrics, shutting_down, cutoff.clone(), accounting));
+    let tracer = match &config.telemetry {
+        Some(t) => Some(Arc::new(Tracer::start(t.traces_endpoint.clone(), t.service_name.clone())?)),
+        None => None,
+    };
+    let routes = Routes::build(config, &metrics, &accounting, &shutting_down, &cutoff, &tracer)?;
+    let state = Arc::new(State::new(routes, metrics, shutting_down, cutoff.clone(), accounting, tracer));
 
     state.metrics.set_sla(sla_states(&state.routes.load()));
     tokio::spawn(sla_loop(Arc::downgrade(&state)));
@@ -166,6 +171,7 @@ impl Running {
             &self.state.accounting,
             &self.state.shutting_down,
             &self.state.cutoff,
+            &self.state.tracer,
         )
         .map_err(|e| e.to_string())?;
         self.state.routes.store(Arc::new(routes));

@@ -62,6 +62,18 @@ struct RawConfig {
     budget_store: Option<RawBudgetStore>,
     #[serde(default)]
     sla: Option<RawSla>,
+    #[serde(default)]
+    telemetry: Option<RawTelemetry>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    /// OTLP/HTTP base URL (`/v1/traces` is appended) or full traces URL.
+    #[serde(default)]
+    otlp_endpoint: Option<String>,
+    #[serde(default)]
+    service_name: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -273,6 +285,15 @@ pub struct Config {
     pub simulator: Option<SimulatorConfig>,
     /// Teams, the ledger, budgets, alerts.
     pub spend: Spend,
+    /// OTLP trace export, when an endpoint is configured (here or in `OTEL_EXPORTER_OTLP_*`).
+    pub telemetry: Option<Telemetry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// The full OTLP/HTTP traces URL.
+    pub traces_endpoint: http::Uri,
+    pub service_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -595,7 +616,9 @@ impl Validator<'_> {
             self.problem("simulator.listen", "must differ from `listen` and `admin_listen`");
         }
 
+        let telemetry = self.telemetry(raw.telemetry.unwrap_or_default(), env);
         Some(Config {
+            telemetry,
             listen: listen?,
             admin_listen: admin_listen?,
             admin_token,
@@ -607,6 +630,38 @@ impl Validator<'_> {
             simulator,
             spend,
         })
+    }
+
+    /// `telemetry.otlp_endpoint`, else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (the full URL), else
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL): the standard variables, as SDKs read them.
+    fn telemetry(&mut self, raw: RawTelemetry, env: &dyn Fn(&str) -> Option<String>) -> Option<Telemetry> {
+        let (key, url) = match raw.otlp_endpoint {
+            Some(u) => ("telemetry.otlp_endpoint", u),
+            None => match env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|v| !v.is_empty()) {
+                Some(u) => ("telemetry.otlp_endpoint", u),
+                None => (
+                    "telemetry.otlp_endpoint",
+                    format!(
+                        "{}/v1/traces",
+                        env("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.is_empty())?.trim_end_matches('/')
+                    ),
+                ),
+            },
+        };
+        let full = if url.trim_end_matches('/').ends_with("/v1/traces") {
+            url.clone()
+        } else {
+            format!("{}/v1/traces", url.trim_end_matches('/'))
+        };
+        let uri = match full.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => u,
+            _ => {
+                self.problem(key, format!("`{url}` is not an http:// or https:// URL"));
+                return None;
+            }
+        };
+        let service_name = raw.service_name.or_else(|| env("OTEL_SERVICE_NAME")).unwrap_or_else(|| "tollgate".into());
+        Some(Telemetry { traces_endpoint: uri, service_name })
     }
 
     /// A model's objectives: its own `sla` keys over the top-level ones.

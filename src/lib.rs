@@ -18,6 +18,7 @@
 //! - [`alerts`]: budget and SLA alerts delivered to webhooks.
 //! - [`sla`]: per-model objectives judged over a rolling window.
 //! - [`rules`]: Prometheus rules generated from SLAs and budgets (`tollgate rules`).
+//! - [`telemetry`]: one OTLP span per request (GenAI conventions), trace context to backends.
 //! - [`metrics`]: every Prometheus metric, lock-free series.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own port.
 //! - [`error`]: OpenAI-shaped errors tollgate answers itself.
@@ -42,4 +43,5 @@ pub mod simulate;
 pub mod sla;
 pub mod sse;
 pub mod teams;
+pub mod telemetry;
 pub mod upstream;

@@ -28,6 +28,7 @@ use crate::meter::{Meter, Outcome};
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::openai::{Endpoint, estimate_prompt_tokens, parse_request, rewrite_request};
 use crate::teams::{ANONYMOUS, Identity};
+use crate::telemetry::{TraceCtx, Tracer};
 use crate::upstream::{SendError, error_chain};
 
 /// Shared by every request: the current routing snapshot (swapped whole on reload, read without a
@@ -41,6 +42,8 @@ pub struct State {
     pub cutoff: Arc<Cutoff>,
     /// Budgets, ledger, alerts.
     pub accounting: Arc<Accounting>,
+    /// Span export, when configured (fixed at start: a reload does not turn it on or off).
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 impl State {
@@ -50,8 +53,9 @@ impl State {
         shutting_down: Arc<AtomicBool>,
         cutoff: Arc<Cutoff>,
         accounting: Arc<Accounting>,
+        tracer: Option<Arc<Tracer>>,
     ) -> State {
-        State { routes: ArcSwap::from_pointee(routes), metrics, shutting_down, cutoff, accounting }
+        State { routes: ArcSwap::from_pointee(routes), metrics, shutting_down, cutoff, accounting, tracer }
     }
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
@@ -190,7 +194,9 @@ where
             Denied::Budget(r) => ProxyError::budget_exceeded(&r.budget, r.resets_at_ms, crate::ledger::now_ms()),
             Denied::StoreUnavailable => ProxyError::budget_store_unavailable(),
         })?;
-    let payer = Payer { team, team_name, unix_ms: crate::ledger::now_ms(), reservations };
+    // Zero cost when tracing is off: no ids drawn, no header added.
+    let trace = state.tracer.as_ref().map(|_| TraceCtx::from_headers(&parts.headers));
+    let payer = Payer { team, team_name, unix_ms: crate::ledger::now_ms(), reservations, trace };
     let meter = Meter::new(endpoint, view.stream, received, prompt_tokens);
     let call =
         Call { endpoint, stream: view.stream, client_asked_usage: view.include_usage, parts: &parts, body: &body };
@@ -259,7 +265,10 @@ async fn forward_with_failover(
             && call.stream
             && upstream.cfg.inject_usage
             && !call.client_asked_usage;
-        let up = upstream_request(&upstream, call, route.upstream_model.as_deref(), force_usage)?;
+        let mut up = upstream_request(&upstream, call, route.upstream_model.as_deref(), force_usage)?;
+        if let Some(trace) = &payer.trace {
+            up.headers_mut().insert(HeaderName::from_static("traceparent"), trace.traceparent());
+        }
         // From here until the response is handed to the body wrapper, a dropped handler (the
         // client went away, or an HTTP/2 reset) still yields the request's one record.
         let attempt = Attempt::start(target, meter, payer);

@@ -13,6 +13,7 @@ use crate::meter::body::{Cutoff, Sink};
 use crate::metrics::UpstreamErrorKind;
 use crate::pricing::to_nano_usd;
 use crate::teams::TeamId;
+use crate::telemetry::{Attr, Span, TraceCtx, unix_nanos};
 
 /// Who pays for a request, decided before it is forwarded.
 #[derive(Debug, Clone)]
@@ -22,6 +23,8 @@ pub struct Payer {
     /// Wall-clock time the request was received (ledger timestamp; never used for durations).
     pub unix_ms: i64,
     pub reservations: Vec<Reservation>,
+    /// The request's trace, when spans are exported.
+    pub trace: Option<TraceCtx>,
 }
 
 #[derive(Debug)]
@@ -79,6 +82,9 @@ impl Sink for Bill {
             cost_usd = cost.map(|c| c.to_string()),
             "request finished"
         );
+        if let (Some(tracer), Some(ctx)) = (&t.tracer, self.payer.trace) {
+            tracer.record(span(&row, &record, ctx, t.upstream_model.as_deref()));
+        }
         t.accounting.record(row, &self.payer.reservations);
     }
 
@@ -89,4 +95,50 @@ impl Sink for Bill {
     fn cutoff(&self) -> Option<&Arc<Cutoff>> {
         Some(&self.target.cutoff)
     }
+}
+
+/// The request's span, named and attributed after the OpenTelemetry GenAI conventions.
+fn span(row: &Row, record: &Record, ctx: TraceCtx, upstream_model: Option<&str>) -> Span {
+    use crate::openai::Endpoint;
+    let operation = match record.endpoint {
+        Endpoint::ChatCompletions | Endpoint::Responses => "chat",
+        Endpoint::Completions => "text_completion",
+        Endpoint::Embeddings => "embeddings",
+        Endpoint::Other => "other",
+    };
+    let s = |v: &str| Attr::Str(v.to_string());
+    let n = |v: u64| Attr::Int(i64::try_from(v).unwrap_or(i64::MAX));
+    let mut attributes = vec![
+        ("gen_ai.operation.name", s(operation)),
+        ("gen_ai.provider.name", s("openai")),
+        ("gen_ai.request.model", s(&row.model)),
+        ("gen_ai.response.model", s(upstream_model.unwrap_or(&row.model))),
+        ("gen_ai.request.stream", Attr::Bool(row.stream)),
+        ("http.response.status_code", Attr::Int(i64::from(row.status))),
+        ("tollgate.backend", s(&row.backend)),
+        ("tollgate.team", s(&row.team)),
+        ("tollgate.outcome", s(row.outcome)),
+    ];
+    if let Some(source) = row.usage_source {
+        attributes.extend([
+            ("gen_ai.usage.input_tokens", n(row.input_tokens)),
+            ("gen_ai.usage.output_tokens", n(row.output_tokens)),
+            ("gen_ai.usage.cache_read.input_tokens", n(row.cached_input_tokens)),
+            ("gen_ai.usage.reasoning.output_tokens", n(row.reasoning_tokens)),
+            ("tollgate.usage_source", s(source)),
+        ]);
+    }
+    if let Some(ttft) = record.ttft {
+        attributes.push(("gen_ai.response.time_to_first_chunk", Attr::Double(ttft.as_secs_f64())));
+    }
+    if let Some(nanos) = row.cost_nano_usd {
+        // No convention for cost yet: the proposed names.
+        attributes.push(("gen_ai.usage.cost.amount", s(&crate::pricing::nano_usd_text(nanos))));
+        attributes.push(("gen_ai.usage.cost.currency", s("USD")));
+    }
+    let error = (record.outcome != crate::meter::Outcome::Success).then(|| row.outcome.to_string());
+    if let Some(e) = &error {
+        attributes.push(("error.type", s(e)));
+    }
+    Span { ctx, name: format!("{operation} {}", row.model), end_unix_nanos: unix_nanos(), attributes, error }
 }

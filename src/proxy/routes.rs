@@ -14,6 +14,7 @@ use crate::metrics::{Metrics, ModelSeries, OTHER_MODEL, SpendSeries};
 use crate::pricing::Price;
 use crate::sla::Objectives;
 use crate::teams::{ANONYMOUS, TeamId, Teams};
+use crate::telemetry::Tracer;
 use crate::upstream::Upstream;
 
 /// Everything the request path needs about one model, resolved at config load.
@@ -39,6 +40,8 @@ pub struct Target {
     spend: Vec<Arc<SpendSeries>>,
     anonymous_spend: Arc<SpendSeries>,
     pub accounting: Arc<Accounting>,
+    pub tracer: Option<Arc<Tracer>>,
+    pub upstream_model: Option<String>,
     shutting_down: Arc<AtomicBool>,
     pub cutoff: Arc<Cutoff>,
 }
@@ -106,6 +109,7 @@ impl Routes {
         accounting: &Arc<Accounting>,
         shutting_down: &Arc<AtomicBool>,
         cutoff: &Arc<Cutoff>,
+        tracer: &Option<Arc<Tracer>>,
     ) -> anyhow::Result<Routes> {
         let teams = Arc::new(Teams::new(&config.spend.clients));
         let upstreams = config
@@ -132,6 +136,8 @@ impl Routes {
                         weight: b.weight,
                         price: price.clone(),
                         accounting: accounting.clone(),
+                        tracer: tracer.clone(),
+                        upstream_model: upstream_model.clone(),
                         shutting_down: shutting_down.clone(),
                         cutoff: cutoff.clone(),
                         upstream,
