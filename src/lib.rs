@@ -23,11 +23,13 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz` on their own port.
 //! - [`error`]: OpenAI-shaped errors tollgate answers itself.
 //! - [`simulate`]: the built-in OpenAI-compatible simulator.
+//! - [`bench`]: `tollgate bench`, the model-choice benchmark (latency, cost, accuracy, SLA, spend projection).
 
 pub mod accounting;
 pub mod admin;
 pub mod alerts;
 pub mod app;
+pub mod bench;
 pub mod budget;
 pub mod config;
 pub mod error;
@@ -36,8 +38,8 @@ pub mod meter;
 pub mod metrics;
 pub mod openai;
 pub mod pricing;
-pub mod rules;
 pub mod proxy;
+pub mod rules;
 pub mod server;
 pub mod simulate;
 pub mod sla;

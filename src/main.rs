@@ -1,4 +1,4 @@
-//! The `tollgate` command line: `serve`, `check`, `simulate`.
+//! The `tollgate` command line: `serve`, `check`, `report`, `rules`, `bench`, `simulate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +68,12 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Compare models on a prompt set: TTFT, tokens/s, cost, accuracy and SLA per concurrency level,
+    /// spend projected for your traffic, and the cheapest model that meets the SLA.
+    Bench {
+        #[command(flatten)]
+        args: Box<tollgate::bench::Args>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -117,9 +123,21 @@ fn main() -> ExitCode {
             let source = config.map_or(ConfigSource::Embedded, ConfigSource::File);
             finish(runtime().and_then(|rt| rt.block_on(simulate_alone(source, listen))))
         }
+        Command::Bench { args } => bench(*args),
     }
 }
 
+/// `tollgate bench`: exit 1 when it cannot run, 2 when `--fail-on-sla` is given and a run misses.
+fn bench(args: tollgate::bench::Args) -> ExitCode {
+    match runtime().and_then(|rt| rt.block_on(tollgate::bench::main(args))) {
+        Ok(false) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("tollgate bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)

@@ -104,7 +104,7 @@ pub fn savings(models: &[(String, Projection)]) -> Vec<Saving> {
             per_year: top.per_year - p.per_year,
         })
         .collect();
-    out.sort_by(|a, b| b.per_day.cmp(&a.per_day));
+    out.sort_by_key(|s| std::cmp::Reverse(s.per_day));
     out
 }
 
@@ -125,7 +125,7 @@ pub fn usd(amount: Decimal) -> String {
     let digits: Vec<char> = whole.chars().collect();
     let mut grouped = String::new();
     for (i, c) in digits.iter().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             grouped.push(',');
         }
         grouped.push(*c);

@@ -172,7 +172,8 @@ mod tests {
         let set = parse(map, "p.yaml", false).unwrap();
         assert_eq!((set.name.as_str(), set.prompts[0].messages.len()), ("demo", 2));
 
-        let jsonl = "{\"id\": \"j\", \"prompt\": \"2+2?\", \"expect\": {\"regex\": \"\\\\b4\\\\b\"}}\n\n{\"prompt\": \"x\"}\n";
+        let jsonl =
+            "{\"id\": \"j\", \"prompt\": \"2+2?\", \"expect\": {\"regex\": \"\\\\b4\\\\b\"}}\n\n{\"prompt\": \"x\"}\n";
         let set = parse(jsonl, "p.jsonl", true).unwrap();
         assert_eq!(set.prompts.len(), 2);
         assert!(set.prompts[0].expect.as_ref().unwrap().passes("it is 4"));
@@ -185,7 +186,11 @@ mod tests {
             ("prompts: []", false, "p: the prompt set is empty"),
             ("", true, "p: the prompt set is empty"),
             ("- {id: bad, prompt: x, expect: {regex: '('}}", false, "p: prompt `bad`: bad regex `(`"),
-            ("- {id: s, prompt: x, expect: {json_schema: {type: wat}}}", false, "p: prompt `s`: bad json_schema: /type:"),
+            (
+                "- {id: s, prompt: x, expect: {json_schema: {type: wat}}}",
+                false,
+                "p: prompt `s`: bad json_schema: /type:",
+            ),
             ("- {id: e, prompt: x, expect: {}}", false, "p: prompt `e`: `expect` needs exactly one of"),
             ("- {id: n}", false, "p: prompt `n`: needs non-empty `messages` or `prompt`"),
             ("- {id: r, messages: [{content: x}]}", false, "p: prompt `r`: messages[0] needs a `role`"),

@@ -92,7 +92,9 @@ fn check(root: &Value, schema: &Value, at: &str) -> Result<(), String> {
             "$ref" => {
                 let Some(target) = value.as_str() else { return fail("must be a string") };
                 if resolve(root, target).is_none() {
-                    return fail(&format!("`{target}` does not point into this schema (use \"#\" or \"#/$defs/NAME\")"));
+                    return fail(&format!(
+                        "`{target}` does not point into this schema (use \"#\" or \"#/$defs/NAME\")"
+                    ));
                 }
             }
             k if KEYWORDS.contains(&k) => {}
@@ -280,11 +282,16 @@ mod tests {
                 "/x: no value is allowed here",
             ]),
         );
-        check(person.clone(), json!({"age": 1.5}), Err(&["/: missing required property `name`", "/age: expected integer, found number"]));
-        check(person, json!({"name": "Zoë", "age": 1, "tags": ["a", "c", "b"]}), Err(&[
-            "/tags: 3 items, too many",
-            "/tags/1: \"c\" is not one of [\"a\",\"b\"]",
-        ]));
+        check(
+            person.clone(),
+            json!({"age": 1.5}),
+            Err(&["/: missing required property `name`", "/age: expected integer, found number"]),
+        );
+        check(
+            person,
+            json!({"name": "Zoë", "age": 1, "tags": ["a", "c", "b"]}),
+            Err(&["/tags: 3 items, too many", "/tags/1: \"c\" is not one of [\"a\",\"b\"]"]),
+        );
         check(json!({"type": ["string", "null"]}), json!(null), Ok(()));
         check(json!({"const": 3}), json!(4), Err(&["/: 4 is not 3"]));
         check(json!(true), json!({"anything": 1}), Ok(()));
@@ -305,7 +312,10 @@ mod tests {
     #[test]
     fn unsupported_or_malformed_schemas_are_refused() {
         for (schema, message) in [
-            (json!({"type": "object", "properties": {"a": {"pattern": "x"}}}), "/properties/a/pattern: keyword `pattern` is not supported"),
+            (
+                json!({"type": "object", "properties": {"a": {"pattern": "x"}}}),
+                "/properties/a/pattern: keyword `pattern` is not supported",
+            ),
             (json!({"type": "text"}), "/type: `\"text\"` is not a type"),
             (json!({"required": "a"}), "/required: must be an array of property names"),
             (json!({"minLength": -1}), "/minLength: must be a non-negative integer"),
@@ -316,6 +326,8 @@ mod tests {
             let err = Schema::compile(schema.clone()).expect_err("must fail");
             assert!(err.starts_with(message), "{schema}: {err}");
         }
-        assert!(Schema::compile(json!({"title": "t", "description": "d", "format": "email", "type": "string"})).is_ok());
+        assert!(
+            Schema::compile(json!({"title": "t", "description": "d", "format": "email", "type": "string"})).is_ok()
+        );
     }
 }

@@ -91,7 +91,9 @@ impl Expect {
             Scorer::Regex(re)
         } else {
             let schema = match raw.json_schema.unwrap_or_default() {
-                Value::String(text) => serde_json::from_str(&text).map_err(|e| format!("json_schema is not JSON: {e}"))?,
+                Value::String(text) => {
+                    serde_json::from_str(&text).map_err(|e| format!("json_schema is not JSON: {e}"))?
+                }
                 v => v,
             };
             Scorer::JsonSchema(Schema::compile(schema).map_err(|e| format!("bad json_schema: {e}"))?)
