@@ -43,8 +43,13 @@ pub struct Row {
     pub duration_ms: f64,
 }
 
-pub fn new_id() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+/// A 128-bit id: 48 bits of the row's millisecond timestamp, then 80 random bits, in hex. Unique
+/// across replicas like a random id, but ordered by time, so inserts append to the end of the
+/// primary-key B-tree instead of landing at random pages (measured: random ids made the writer
+/// thread a third of the proxy's CPU on non-streaming load).
+pub fn new_id(ts_ms: i64) -> String {
+    let ts = u64::try_from(ts_ms).unwrap_or(0) & 0xffff_ffff_ffff;
+    format!("{ts:012x}{:04x}{:016x}", fastrand::u16(..), fastrand::u64(..))
 }
 
 enum Msg {

@@ -163,6 +163,7 @@ pub struct Meter {
     error_seen: bool,
     parse_error: bool,
     overflow: bool,
+    done_seen: bool,
 }
 
 impl Meter {
@@ -182,6 +183,7 @@ impl Meter {
             error_seen: false,
             parse_error: false,
             overflow: false,
+            done_seen: false,
         }
     }
 
@@ -208,6 +210,7 @@ impl Meter {
         }
         self.error_seen |= info.error;
         self.parse_error |= info.unparsed;
+        self.done_seen |= info.done;
         if info.token_choices == 0 {
             return None;
         }
@@ -233,6 +236,11 @@ impl Meter {
     /// The parser hit its cap: metering of this response stops, forwarding goes on.
     pub fn on_overflow(&mut self) {
         self.overflow = true;
+    }
+
+    /// Whether the stream has sent its terminal event (`[DONE]`, `response.completed`, ...).
+    pub fn done_seen(&self) -> bool {
+        self.done_seen
     }
 
     /// Whether an in-band error was seen (the outcome of a normally ended 2xx stream depends on it).

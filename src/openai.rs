@@ -230,6 +230,12 @@ impl<'de> Deserialize<'de> for Messages {
 /// Rewrites a request body for the backend: renames the model and/or forces
 /// `stream_options.include_usage`, merging with whatever stream options the client sent.
 pub fn rewrite_request(body: &[u8], upstream_model: Option<&str>, force_usage: bool) -> Result<Bytes, String> {
+    if upstream_model.is_none()
+        && force_usage
+        && let Some(spliced) = splice_include_usage(body)
+    {
+        return Ok(spliced);
+    }
     let mut value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
     let Some(obj) = value.as_object_mut() else {
@@ -248,6 +254,27 @@ pub fn rewrite_request(body: &[u8], upstream_model: Option<&str>, force_usage: b
         }
     }
     serde_json::to_vec(&value).map(Bytes::from).map_err(|e| e.to_string())
+}
+
+/// The common case of usage injection without parsing the body: when `stream_options` appears
+/// nowhere in it, `"stream_options":{"include_usage":true},` goes right after the opening brace and
+/// every other byte stays as the client sent it. `None` sends the caller to the full rewrite.
+fn splice_include_usage(body: &[u8]) -> Option<Bytes> {
+    const FIELD: &[u8] = br#""stream_options":{"include_usage":true},"#;
+    if memchr::memmem::find(body, b"stream_options").is_some() {
+        return None;
+    }
+    let open = body.iter().position(|b| !b.is_ascii_whitespace()).filter(|i| body[*i] == b'{')?;
+    // An empty object would leave a trailing comma (and has no model: it never gets here anyway).
+    let next = body[open + 1..].iter().find(|b| !b.is_ascii_whitespace())?;
+    if *next == b'}' {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() + FIELD.len());
+    out.extend_from_slice(&body[..=open]);
+    out.extend_from_slice(FIELD);
+    out.extend_from_slice(&body[open + 1..]);
+    Some(Bytes::from(out))
 }
 
 // ---------------------------------------------------------------- usage --------------------

@@ -10,7 +10,7 @@ fn temp_db(tag: &str) -> PathBuf {
 
 pub(crate) fn row(ts_ms: i64, team: &str, model: &str, cost: Option<u64>) -> Row {
     Row {
-        id: new_id(),
+        id: new_id(ts_ms),
         ts_ms,
         team: team.into(),
         model: model.into(),

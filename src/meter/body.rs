@@ -96,6 +96,8 @@ pub struct MeteredBody<B> {
     idle_timeout: Duration,
     /// An error event to send before ending (SSE only).
     trailer: Option<Bytes>,
+    /// A frame read ahead while looking for the end of a completed stream; handled next.
+    peeked: Option<Result<Frame<Bytes>, BoxError>>,
     done: bool,
     /// Wakes this body when the drain deadline passes.
     cut: Option<(Arc<Cutoff>, Pin<Box<OwnedNotified>>)>,
@@ -124,6 +126,7 @@ where
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
             trailer: None,
+            peeked: None,
             done: false,
             cut,
         }
@@ -201,19 +204,16 @@ where
                     *last_dropped = dropped;
                     start = end;
                 });
-                if parser.overflowed() {
+                let overflowed = parser.overflowed();
+                if overflowed {
+                    // Metering stops here: blocks already judged in this read keep their verdict,
+                    // the rest (and whatever was held back) goes out as it is.
                     meter.on_overflow();
-                    // Metering stops here; whatever was held back goes out first, nothing is stripped.
-                    if !held.is_empty() {
-                        held.extend_from_slice(&data);
-                        return held.split().freeze();
-                    }
-                    return data;
                 }
                 if !strip {
                     return data;
                 }
-                strip_blocks(data, held, &drops, start, parser.is_mid_event() && !parser.overflowed())
+                strip_blocks(data, held, &drops, start, parser.is_mid_event() && !overflowed)
             }
         }
     }
@@ -286,7 +286,11 @@ where
             if this.cut.as_ref().is_some_and(|(c, _)| c.fired()) {
                 return this.cut_off();
             }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
+            let polled = match this.peeked.take() {
+                Some(frame) => Poll::Ready(Some(frame)),
+                None => Pin::new(&mut this.inner).poll_frame(cx).map(|o| o.map(|r| r.map_err(Into::into))),
+            };
+            match polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     let now = Instant::now();
                     this.idle.as_mut().reset(now + this.idle_timeout);
@@ -299,6 +303,15 @@ where
                     // bodies): finalize on that, not only on a final `None`.
                     if this.inner.is_end_stream() {
                         this.end_normally();
+                    } else if this.meter.as_ref().is_some_and(Meter::done_seen) {
+                        // The stream said it is complete ([DONE], response.completed): if the body's
+                        // end is already here, report it with this frame, so the client gets the
+                        // last bytes and the end of a chunked body in one write, not two.
+                        match Pin::new(&mut this.inner).poll_frame(cx) {
+                            Poll::Ready(None) => this.end_normally(),
+                            Poll::Ready(Some(next)) => this.peeked = Some(next.map_err(Into::into)),
+                            Poll::Pending => {}
+                        }
                     }
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(out))));

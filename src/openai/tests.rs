@@ -37,6 +37,18 @@ fn rewrite_merges_stream_options_and_renames() {
     let out = rewrite_request(br#"{"z":1,"model":"a","a":2}"#, Some("b"), false).unwrap_or_default();
     assert_eq!(&out[..], br#"{"z":1,"model":"b","a":2}"#);
     assert!(rewrite_request(b"[1]", None, true).is_err());
+    // Without stream options in the body, the field is spliced in and every other byte is kept.
+    let body = br#" {"model":"m", "stream":true,"messages":[{"role":"user","content":"a\u00e9"}]}"#;
+    let out = rewrite_request(body, None, true).unwrap_or_default();
+    assert_eq!(&out[..], &br#" {"stream_options":{"include_usage":true},"model":"m", "stream":true,"messages":[{"role":"user","content":"a\u00e9"}]}"#[..]);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+    assert_eq!(v["stream_options"]["include_usage"], true);
+    // "stream_options" anywhere (even inside a message) takes the full rewrite.
+    let out =
+        rewrite_request(br#"{"model":"m","messages":[{"content":"stream_options"}]}"#, None, true).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+    assert_eq!(v["stream_options"]["include_usage"], true);
+    assert_eq!(v["messages"][0]["content"], "stream_options");
 }
 
 #[test]

@@ -49,7 +49,7 @@ impl Sink for Bill {
         let cost = t.series.record(&record, t.price.as_ref(), spend);
         let usage = record.usage.map(|u| u.0).unwrap_or_default();
         let row = Row {
-            id: new_id(),
+            id: new_id(self.payer.unix_ms),
             ts_ms: self.payer.unix_ms,
             team: self.payer.team_name.clone(),
             model: t.label.clone(),
