@@ -325,7 +325,7 @@ where
                     this.finalize(Outcome::UpstreamReset);
                     if !in_band {
                         this.done = true;
-                        return Poll::Ready(Some(Err(e.into())));
+                        return Poll::Ready(Some(Err(e)));
                     }
                 }
                 Poll::Pending => {
