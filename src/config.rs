@@ -1,7 +1,10 @@
 //! Configuration: YAML → raw serde types (unknown keys are errors) → a validated [`Config`].
 //! Every config key the program reads is declared here; every problem names its key path and line.
 
+mod backends;
 mod lines;
+mod observe;
+mod simulator;
 mod spend;
 
 use std::fmt;
@@ -13,9 +16,14 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 
 use crate::pricing::{Price, deserialize_decimal, deserialize_opt_decimal};
-use crate::simulate::SimModel;
-use crate::sla::{Objectives, parse_window};
+use crate::sla::Objectives;
+pub use backends::{Backend, WeightedBackend};
+use backends::{RawBackend, RawBackendRef};
 use lines::LineIndex;
+pub use observe::Telemetry;
+use observe::{RawSla, RawTelemetry};
+use simulator::RawSimulator;
+pub use simulator::SimulatorConfig;
 pub use spend::{BudgetStore, LedgerConfig, Spend, Webhook, WebhookFormat};
 use spend::{RawAlerts, RawBudget, RawBudgetStore, RawClient, RawLedger, RawSpend};
 
@@ -66,16 +74,6 @@ struct RawConfig {
     telemetry: Option<RawTelemetry>,
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawTelemetry {
-    /// OTLP/HTTP base URL (`/v1/traces` is appended) or full traces URL.
-    #[serde(default)]
-    otlp_endpoint: Option<String>,
-    #[serde(default)]
-    service_name: Option<String>,
-}
-
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
@@ -116,49 +114,6 @@ impl Default for RawLimits {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawBackend {
-    name: String,
-    url: String,
-    #[serde(default)]
-    api_key_env: Option<String>,
-    #[serde(default = "yes")]
-    inject_usage: bool,
-    #[serde(default)]
-    ca_file: Option<PathBuf>,
-    #[serde(default = "default_connect_ms")]
-    connect_timeout_ms: u64,
-    #[serde(default = "default_header_ms")]
-    header_timeout_ms: u64,
-    #[serde(default = "default_idle_ms")]
-    idle_timeout_ms: u64,
-    #[serde(default = "default_eject_after")]
-    eject_after_failures: u32,
-    #[serde(default = "default_eject_ms")]
-    eject_cooldown_ms: u64,
-}
-
-fn default_eject_after() -> u32 {
-    2
-}
-fn default_eject_ms() -> u64 {
-    10_000
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_connect_ms() -> u64 {
-    5_000
-}
-fn default_header_ms() -> u64 {
-    120_000
-}
-fn default_idle_ms() -> u64 {
-    60_000
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawModel {
     name: String,
     #[serde(default)]
@@ -173,51 +128,6 @@ struct RawModel {
     sla: Option<RawSla>,
 }
 
-/// SLA keys, at the top level (the default) or per model (overriding it key by key).
-#[derive(Debug, Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
-struct RawSla {
-    #[serde(default)]
-    ttft_p95_ms: Option<u64>,
-    #[serde(default)]
-    min_output_tokens_per_second: Option<f64>,
-    #[serde(default)]
-    max_error_ratio: Option<f64>,
-    #[serde(default)]
-    window: Option<String>,
-}
-
-impl RawSla {
-    fn or(&self, default: &RawSla) -> RawSla {
-        RawSla {
-            ttft_p95_ms: self.ttft_p95_ms.or(default.ttft_p95_ms),
-            min_output_tokens_per_second: self.min_output_tokens_per_second.or(default.min_output_tokens_per_second),
-            max_error_ratio: self.max_error_ratio.or(default.max_error_ratio),
-            window: self.window.clone().or_else(|| default.window.clone()),
-        }
-    }
-}
-
-/// One of a model's backends: a name, or `{name, weight}`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawBackendRef {
-    Name(String),
-    Weighted(RawWeighted),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWeighted {
-    name: String,
-    #[serde(default = "one")]
-    weight: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPrice {
@@ -227,28 +137,6 @@ struct RawPrice {
     output_per_1m_usd: Decimal,
     #[serde(default, deserialize_with = "deserialize_opt_decimal")]
     cached_input_per_1m_usd: Option<Decimal>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSimulator {
-    listen: String,
-    #[serde(default)]
-    seed: u64,
-    models: Vec<RawSimModel>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSimModel {
-    name: String,
-    ttft_ms: u64,
-    tokens_per_second: f64,
-    output_tokens: u32,
-    #[serde(default)]
-    jitter_ratio: f64,
-    #[serde(default)]
-    accuracy: f64,
 }
 
 // ---------------------------------------------------------------- validated ----------------
@@ -289,13 +177,6 @@ pub struct Config {
     pub telemetry: Option<Telemetry>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Telemetry {
-    /// The full OTLP/HTTP traces URL.
-    pub traces_endpoint: http::Uri,
-    pub service_name: String,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert_file: PathBuf,
@@ -313,33 +194,6 @@ pub struct Limits {
 }
 
 #[derive(Debug, Clone)]
-pub struct Backend {
-    pub name: String,
-    /// `scheme://authority` of the backend.
-    pub origin: http::uri::Uri,
-    /// A path prefix to put before the client's path, without a trailing slash (may be empty).
-    pub path_prefix: String,
-    pub api_key: Option<Secret>,
-    pub inject_usage: bool,
-    pub ca_file: Option<PathBuf>,
-    pub connect_timeout: Duration,
-    pub header_timeout: Duration,
-    pub idle_timeout: Duration,
-    /// Consecutive failures before the backend is taken out of rotation.
-    pub eject_after_failures: u32,
-    /// How long an ejected backend stays out before traffic probes it again.
-    pub eject_cooldown: Duration,
-}
-
-/// A model's backend and its share of traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WeightedBackend {
-    /// Index into `Config::backends`.
-    pub index: usize,
-    pub weight: u32,
-}
-
-#[derive(Debug, Clone)]
 pub struct Model {
     pub name: String,
     /// One or more backends; with several, requests spread by weighted least in-flight and fail over.
@@ -348,13 +202,6 @@ pub struct Model {
     pub price: Option<Price>,
     /// The model's objectives (its `sla:` over the top-level one), if any.
     pub sla: Option<Objectives>,
-}
-
-#[derive(Debug, Clone)]
-pub struct SimulatorConfig {
-    pub listen: SocketAddr,
-    pub seed: u64,
-    pub models: Vec<SimModel>,
 }
 
 // ---------------------------------------------------------------- errors -------------------
@@ -632,72 +479,6 @@ impl Validator<'_> {
         })
     }
 
-    /// `telemetry.otlp_endpoint`, else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (the full URL), else
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL): the standard variables, as SDKs read them.
-    fn telemetry(&mut self, raw: RawTelemetry, env: &dyn Fn(&str) -> Option<String>) -> Option<Telemetry> {
-        let (key, url) = match raw.otlp_endpoint {
-            Some(u) => ("telemetry.otlp_endpoint", u),
-            None => match env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|v| !v.is_empty()) {
-                Some(u) => ("telemetry.otlp_endpoint", u),
-                None => (
-                    "telemetry.otlp_endpoint",
-                    format!(
-                        "{}/v1/traces",
-                        env("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.is_empty())?.trim_end_matches('/')
-                    ),
-                ),
-            },
-        };
-        let full = if url.trim_end_matches('/').ends_with("/v1/traces") {
-            url.clone()
-        } else {
-            format!("{}/v1/traces", url.trim_end_matches('/'))
-        };
-        let uri = match full.parse::<http::Uri>() {
-            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => u,
-            _ => {
-                self.problem(key, format!("`{url}` is not an http:// or https:// URL"));
-                return None;
-            }
-        };
-        let service_name = raw.service_name.or_else(|| env("OTEL_SERVICE_NAME")).unwrap_or_else(|| "tollgate".into());
-        Some(Telemetry { traces_endpoint: uri, service_name })
-    }
-
-    /// A model's objectives: its own `sla` keys over the top-level ones.
-    fn sla(&mut self, path: &str, own: Option<&RawSla>, default: Option<&RawSla>) -> Option<Objectives> {
-        let none = RawSla::default();
-        let (key, raw) = match own {
-            Some(o) => (format!("{path}.sla"), o.or(default.unwrap_or(&none))),
-            None => ("sla".to_string(), default?.clone()),
-        };
-        if raw.ttft_p95_ms.is_none() && raw.min_output_tokens_per_second.is_none() && raw.max_error_ratio.is_none() {
-            return None;
-        }
-        if raw.ttft_p95_ms == Some(0) {
-            self.problem(format!("{key}.ttft_p95_ms"), "must be greater than 0");
-        }
-        if raw.min_output_tokens_per_second.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
-            self.problem(format!("{key}.min_output_tokens_per_second"), "must be a number greater than 0");
-        }
-        if raw.max_error_ratio.is_some_and(|v| !(0.0..1.0).contains(&v)) {
-            self.problem(format!("{key}.max_error_ratio"), "must be a fraction from 0 up to (not including) 1");
-        }
-        let window = match &raw.window {
-            None => std::time::Duration::from_secs(300),
-            Some(w) => parse_window(w).unwrap_or_else(|| {
-                self.problem(format!("{key}.window"), format!("`{w}` is not a duration like 30s, 5m or 1h"));
-                std::time::Duration::from_secs(300)
-            }),
-        };
-        Some(Objectives {
-            ttft_p95: raw.ttft_p95_ms.map(std::time::Duration::from_millis),
-            min_output_tokens_per_second: raw.min_output_tokens_per_second,
-            max_error_ratio: raw.max_error_ratio,
-            window,
-        })
-    }
-
     fn limits(&mut self, raw: &RawLimits) -> Limits {
         let size = |v: &mut Self, key: &str, n: u64| {
             if n == 0 {
@@ -713,89 +494,6 @@ impl Validator<'_> {
             request_body_timeout: self.positive_ms("limits.request_body_timeout_ms", raw.request_body_timeout_ms),
             drain_timeout: Duration::from_millis(raw.drain_timeout_ms),
         }
-    }
-
-    fn backend(&mut self, path: &str, b: RawBackend, env: &dyn Fn(&str) -> Option<String>) -> Option<Backend> {
-        if b.name.trim().is_empty() {
-            self.problem(format!("{path}.name"), "must not be empty");
-        }
-        let uri: Option<http::Uri> = b.url.parse().ok();
-        let parts = uri.and_then(|u| {
-            let scheme = u.scheme_str()?.to_ascii_lowercase();
-            let authority = u.authority()?.clone();
-            (scheme == "http" || scheme == "https").then_some((
-                scheme,
-                authority,
-                u.path().to_string(),
-                u.query().is_some(),
-            ))
-        });
-        let Some((scheme, authority, path_part, has_query)) = parts else {
-            self.problem(format!("{path}.url"), format!("`{}` is not an http:// or https:// URL with a host", b.url));
-            return None;
-        };
-        if has_query {
-            self.problem(format!("{path}.url"), "must not carry a query string");
-        }
-        let origin = http::Uri::builder().scheme(scheme.as_str()).authority(authority).path_and_query("/").build();
-        let Ok(origin) = origin else {
-            self.problem(format!("{path}.url"), format!("`{}` is not a valid URL", b.url));
-            return None;
-        };
-        let api_key = b.api_key_env.as_ref().and_then(|var| self.secret(&format!("{path}.api_key_env"), var, env));
-        if let Some(ca) = &b.ca_file
-            && !ca.is_file()
-        {
-            self.problem(format!("{path}.ca_file"), format!("file `{}` does not exist", ca.display()));
-        }
-        Some(Backend {
-            name: b.name,
-            origin,
-            path_prefix: path_part.trim_end_matches('/').to_string(),
-            api_key,
-            inject_usage: b.inject_usage,
-            ca_file: b.ca_file,
-            connect_timeout: self.positive_ms(&format!("{path}.connect_timeout_ms"), b.connect_timeout_ms),
-            header_timeout: self.positive_ms(&format!("{path}.header_timeout_ms"), b.header_timeout_ms),
-            idle_timeout: self.positive_ms(&format!("{path}.idle_timeout_ms"), b.idle_timeout_ms),
-            eject_after_failures: b.eject_after_failures.max(1),
-            eject_cooldown: Duration::from_millis(b.eject_cooldown_ms),
-        })
-    }
-
-    fn simulator(&mut self, s: RawSimulator) -> Option<SimulatorConfig> {
-        let listen = self.addr("simulator.listen", &s.listen);
-        let mut models: Vec<SimModel> = Vec::new();
-        for (i, m) in s.models.into_iter().enumerate() {
-            let path = format!("simulator.models[{i}]");
-            if models.iter().any(|x| x.name == m.name) {
-                self.problem(format!("{path}.name"), format!("simulated model `{}` is defined twice", m.name));
-            }
-            if !(m.tokens_per_second.is_finite() && m.tokens_per_second > 0.0) {
-                self.problem(format!("{path}.tokens_per_second"), "must be a number greater than 0");
-            }
-            if m.output_tokens == 0 {
-                self.problem(format!("{path}.output_tokens"), "must be at least 1");
-            }
-            if !(0.0..=1.0).contains(&m.accuracy) {
-                self.problem(format!("{path}.accuracy"), "must be between 0 and 1");
-            }
-            if !(0.0..=1.0).contains(&m.jitter_ratio) {
-                self.problem(format!("{path}.jitter_ratio"), "must be between 0 and 1");
-            }
-            models.push(SimModel {
-                name: m.name,
-                ttft: Duration::from_millis(m.ttft_ms),
-                tokens_per_second: m.tokens_per_second,
-                output_tokens: m.output_tokens,
-                jitter_ratio: m.jitter_ratio,
-                accuracy: m.accuracy,
-            });
-        }
-        if models.is_empty() {
-            self.problem("simulator.models", "list at least one simulated model");
-        }
-        Some(SimulatorConfig { listen: listen?, seed: s.seed, models })
     }
 }
 

@@ -359,39 +359,6 @@ pub fn prompt_tokens(body: &Value) -> u32 {
     rest.fold(chat, add).max(1)
 }
 
-/// The strings inside a content, prompt or input value: the value itself if it is a string, else
-/// the strings and the "text" of the parts of an array.
-fn texts(v: Option<&Value>) -> impl Iterator<Item = &str> {
-    fn part(x: &Value) -> Option<&str> {
-        x.as_str().or_else(|| x.get("text").and_then(Value::as_str))
-    }
-    v.and_then(Value::as_str).into_iter().chain(array(v).iter().filter_map(part))
-}
-
-fn array(v: Option<&Value>) -> &[Value] {
-    v.and_then(Value::as_array).map_or(&[], Vec::as_slice)
-}
-
-fn string_or_strings(v: Option<&Value>) -> bool {
-    match v {
-        Some(Value::String(_)) => true,
-        Some(Value::Array(items)) => !items.is_empty() && items.iter().all(Value::is_string),
-        _ => false,
-    }
-}
-
-/// `body[key]` unless it is absent or null, which OpenAI treats alike.
-fn field<'a>(body: &'a Value, key: &str) -> Option<&'a Value> {
-    body.get(key).filter(|v| !v.is_null())
-}
-
-fn flag(body: &Value, key: &str, param: &'static str) -> Result<bool, ApiError> {
-    match field(body, key) {
-        None => Ok(false),
-        Some(v) => v.as_bool().ok_or_else(|| bad(param, format!("Bad '{key}'"))),
-    }
-}
-
 /// Standalone server: accepts on `listener` until `shutdown` resolves, serving HTTP/1.1 and h2c,
 /// then waits for open connections to finish their responses. Accept errors are logged and
 /// retried, not returned, so that running out of file descriptors under load does not end it.
@@ -439,137 +406,6 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
-}
-
-/// An error response: its status and its OpenAI-shaped JSON body.
-struct ApiError(StatusCode, Value);
-
-impl ApiError {
-    fn new(status: u16, param: Option<&str>, code: Option<&str>, message: String) -> Self {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-        let kind = "invalid_request_error";
-        let error = json!({"message": message, "type": kind, "param": param, "code": code});
-        Self(status, json!({ "error": error }))
-    }
-}
-
-fn error(status: u16, param: Option<&str>, message: impl Into<String>) -> ApiError {
-    ApiError::new(status, param, None, message.into())
-}
-
-fn bad(param: &str, message: impl Into<String>) -> ApiError {
-    error(400, Some(param), message)
-}
-
-/// Reads the whole request body, refusing more than `MAX_BODY` bytes without buffering them.
-async fn read_body<B>(body: B) -> Result<Vec<u8>, ApiError>
-where
-    B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
-{
-    let too_large = || error(413, None, "The request body exceeds 32 MiB");
-    if body.size_hint().lower() > MAX_BODY as u64 {
-        return Err(too_large());
-    }
-    let mut body = std::pin::pin!(body);
-    let mut buf = Vec::new();
-    while let Some(frame) = body.as_mut().frame().await {
-        let unreadable = |e: B::Error| error(400, None, format!("Unreadable body: {e}"));
-        if let Ok(data) = frame.map_err(unreadable)?.into_data() {
-            if buf.len() + data.len() > MAX_BODY {
-                return Err(too_large());
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf)
-}
-
-fn word(rng: &mut fastrand::Rng) -> &'static str {
-    WORDS[rng.usize(..WORDS.len())]
-}
-
-/// Cuts text into word tokens, each carrying the whitespace before it, so that the tokens joined
-/// give the text back (minus any trailing whitespace): "a  b\nc" → ["a", "  b", "\nc"].
-fn word_tokens(text: &str) -> Vec<String> {
-    let mut tokens = Vec::new();
-    let mut current = String::new();
-    let mut in_word = false;
-    for c in text.chars() {
-        if c.is_whitespace() && in_word {
-            tokens.push(std::mem::take(&mut current));
-            in_word = false;
-        }
-        in_word |= !c.is_whitespace();
-        current.push(c);
-    }
-    if in_word {
-        tokens.push(current);
-    }
-    tokens
-}
-
-/// Decodes `%XX` escapes (other bytes are kept) and reads the result as UTF-8, replacing invalid
-/// sequences.
-fn percent_decode(raw: &[u8]) -> String {
-    let hex = |b: u8| char::from(b).to_digit(16);
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let pair = (raw[i] == b'%').then(|| Some((hex(*raw.get(i + 1)?)?, hex(*raw.get(i + 2)?)?))).flatten();
-        match pair {
-            Some((hi, lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            None => {
-                out.push(raw[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Scales `d` by (1 + ratio * u) with u uniform in [-1, 1); a zero ratio returns `d` untouched so
-/// that timing is exact.
-fn jitter(d: Duration, ratio: f64, rng: &mut fastrand::Rng) -> Duration {
-    if ratio <= 0.0 || d.is_zero() {
-        return d;
-    }
-    d.mul_f64(1.0 + ratio * (rng.f64() * 2.0 - 1.0))
-}
-
-/// FNV-1a: a stable 64-bit hash (std's hasher is randomly keyed per process).
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
-}
-
-/// A unit vector derived from an FNV-1a hash of the text, so equal texts get equal embeddings.
-fn embed(text: &str) -> [f32; EMBEDDING_DIMS] {
-    let mut rng = fastrand::Rng::with_seed(fnv1a(text));
-    let mut v = [0f32; EMBEDDING_DIMS];
-    v.iter_mut().for_each(|x| *x = rng.f32() * 2.0 - 1.0);
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
-    }
-    v
-}
-
-fn base64_encode(raw: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(raw.len().div_ceil(3) * 4);
-    for chunk in raw.chunks(3) {
-        let mut b = [0u8; 3];
-        b[..chunk.len()].copy_from_slice(chunk);
-        let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-        out.push_str(&"=="[chunk.len() - 1..]);
-    }
-    out
 }
 
 /// Counts a request as in flight for as long as it lives.
@@ -740,6 +576,12 @@ impl Body for ResponseBody {
         }
     }
 }
+
+mod request;
+mod text;
+
+use request::{ApiError, array, bad, error, field, flag, read_body, string_or_strings, texts};
+use text::{base64_encode, embed, fnv1a, jitter, percent_decode, word, word_tokens};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -1,3 +1,5 @@
+//! The simulator's behaviour: timing under paused time, streams and bodies, errors, in-flight counts.
+
 use super::*;
 use http_body_util::{BodyExt, Full};
 
