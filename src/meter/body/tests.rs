@@ -205,3 +205,21 @@ async fn the_drain_deadline_ends_a_stream_with_an_error_event() {
     assert_eq!(sink.records.lock().unwrap()[0].outcome, Outcome::Shutdown);
     drop(tx);
 }
+
+#[tokio::test]
+async fn forwarded_frames_are_the_upstream_bytes_not_copies() {
+    // Without usage removal the client gets the very `Bytes` the upstream produced: same memory.
+    let (tx, mut body, _sink) = metered(Mode::sse(1 << 20, false), Duration::from_secs(60));
+    let sent = Bytes::from(CONTENT.to_vec());
+    let ptr = sent.as_ptr();
+    tx.send(Ok(sent)).unwrap();
+    let got = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(got.as_ptr(), ptr, "the frame was copied");
+    // With removal on, a read holding whole events that are kept is still passed through as is.
+    let (tx, mut body, _sink) = metered(Mode::sse(1 << 20, true), Duration::from_secs(60));
+    let sent = Bytes::from(CONTENT.to_vec());
+    let ptr = sent.as_ptr();
+    tx.send(Ok(sent)).unwrap();
+    let got = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(got.as_ptr(), ptr, "the frame was copied in strip mode");
+}
