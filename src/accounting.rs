@@ -51,7 +51,8 @@ impl Accounting {
     /// with `fail_open` this replica budgets alone until restart (logged); without, start fails.
     pub async fn start(spend: &Spend) -> anyhow::Result<Accounting> {
         let ledger = match &spend.ledger {
-            Some(l) => Some(Arc::new(Ledger::start(&l.path, l.flush_interval, l.retention_days)?)),
+            // [postgres ledger] SQLite or PostgreSQL, as `ledger.postgres` says.
+            Some(l) => Some(Arc::new(Ledger::start_with(l)?)),
             None => None,
         };
         let alerter = Arc::new(Alerter::start(spend.webhooks.clone(), ledger.as_ref().map(|l| l.path.clone()))?);
@@ -110,10 +111,11 @@ impl Accounting {
 
     fn load_budgets(&self, spend: &Spend) -> anyhow::Result<()> {
         let now = ledger::now_ms();
+        // [postgres ledger] Totals from the configured store (PostgreSQL: the fleet's).
         let conn = match &self.ledger {
             Some(l) => {
                 l.flush();
-                Some(ledger::open(&l.path)?)
+                Some(l)
             }
             None => None,
         };
@@ -126,7 +128,7 @@ impl Accounting {
                 Scope::Model(m) => (None, Some(m.as_str())),
             };
             let spent = match &conn {
-                Some(c) => ledger::spend_between(c, start, end, team, model)?,
+                Some(l) => l.spend_between(start, end, team, model)?,
                 None => 0,
             };
             list.push(Arc::new(BudgetState::new(def.clone(), &spend.timezone, now, spent)));
@@ -318,6 +320,10 @@ impl AccountingView for Accounting {
     }
     fn ledger_rows(&self) -> (u64, u64, u64) {
         self.ledger.as_ref().map_or((0, 0, 0), |l| (l.written(), l.dropped(), l.failed()))
+    }
+    // [postgres ledger]
+    fn ledger_backlog(&self) -> (u64, u64) {
+        self.ledger.as_ref().map_or((0, 0), |l| (l.queue_depth(), l.spooled()))
     }
     fn alert_deliveries(&self) -> (u64, u64) {
         self.alerter.counts()

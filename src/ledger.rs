@@ -2,6 +2,8 @@
 //! writer thread off the request path, in batches (one transaction per flush interval). A crash
 //! loses at most what was queued since the last flush; a restart reads today's totals back.
 
+// [postgres ledger] The shared PostgreSQL store (`ledger.postgres`).
+pub mod postgres;
 pub mod report;
 
 use std::path::{Path, PathBuf};
@@ -66,6 +68,28 @@ pub struct Ledger {
     dropped: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
+    // [postgres ledger] Rows appended and not yet taken by the writer; the PostgreSQL store.
+    queued: Arc<AtomicU64>,
+    pg: Option<PgStore>,
+}
+
+/// [postgres ledger] What the handle keeps of a PostgreSQL store: how to reach it for reads, and
+/// the spool gauge.
+struct PgStore {
+    config: ::postgres::Config,
+    spooled: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgStore")
+    }
+}
+
+/// [postgres ledger] Where the writer thread puts rows.
+enum Store {
+    Sqlite(Connection),
+    Postgres(Box<postgres::sink::Sink>),
 }
 
 impl std::fmt::Debug for Msg {
@@ -123,17 +147,94 @@ impl Ledger {
         let (tx, rx) = sync_channel(QUEUE);
         let (dropped, failed, written) = (Arc::default(), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (f, w) = (Arc::clone(&failed), Arc::clone(&written));
+        let queued = Arc::new(AtomicU64::new(0));
+        let q = Arc::clone(&queued);
         // The writer thread lives as long as the process; `flush` is how callers wait for it.
         std::thread::Builder::new()
             .name("tollgate-ledger".into())
-            .spawn(move || write_loop(conn, rx, flush_interval, retention_days, &f, &w))?;
-        Ok(Ledger { tx, path: path.to_path_buf(), dropped, failed, written })
+            .spawn(move || write_loop(Store::Sqlite(conn), rx, flush_interval, retention_days, &f, &w, &q))?;
+        Ok(Ledger { tx, path: path.to_path_buf(), dropped, failed, written, queued, pg: None })
+    }
+
+    /// [postgres ledger] Starts the store the config selects: PostgreSQL (spooling to `path`)
+    /// when `ledger.postgres` is set, else the SQLite file at `path`.
+    pub fn start_with(config: &crate::config::LedgerConfig) -> anyhow::Result<Ledger> {
+        let Some(pg) = &config.postgres else {
+            return Ledger::start(&config.path, config.flush_interval, config.retention_days);
+        };
+        let pg_config = postgres::parse_url(pg.url.expose())?;
+        let counters = postgres::sink::Counters::default();
+        let (tx, rx) = sync_channel(QUEUE);
+        let (opened_tx, opened) = sync_channel(1);
+        let (path, spool_max, flush_interval) = (config.path.clone(), pg.spool_max_rows, config.flush_interval);
+        let (c, q, pc) = (counters.clone(), Arc::new(AtomicU64::new(0)), pg_config.clone());
+        let queued = Arc::clone(&q);
+        // The sync client must live on a thread without a tokio runtime: the writer's own.
+        std::thread::Builder::new().name("tollgate-ledger".into()).spawn(move || {
+            match postgres::sink::Sink::open(pc, &path, spool_max, c.clone()) {
+                Ok(sink) => {
+                    let _ = opened_tx.send(Ok(()));
+                    write_loop(Store::Postgres(Box::new(sink)), rx, flush_interval, 0, &c.failed, &c.written, &q);
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
+            }
+        })?;
+        opened.recv().map_err(|_| anyhow::anyhow!("ledger.postgres: the writer thread exited"))??;
+        Ok(Ledger {
+            tx,
+            path: config.path.clone(),
+            dropped: Arc::default(),
+            failed: counters.failed,
+            written: counters.written,
+            queued,
+            pg: Some(PgStore { config: pg_config, spooled: counters.spooled }),
+        })
+    }
+
+    /// [postgres ledger] Spend in [from_ms, to_ms) from the configured store (after a `flush`,
+    /// everything appended so far). PostgreSQL unreachable: the rows spooled locally are all
+    /// this replica can count (logged).
+    pub fn spend_between(&self, from_ms: i64, to_ms: i64, team: Option<&str>, model: Option<&str>) -> anyhow::Result<u64> {
+        let Some(pg) = &self.pg else {
+            return Ok(spend_between(&open(&self.path)?, from_ms, to_ms, team, model)?);
+        };
+        let read = postgres::off_runtime(|| -> anyhow::Result<u64> {
+            let mut client = pg.config.connect(::postgres::NoTls)?;
+            Ok(postgres::spend_between(&mut client, from_ms, to_ms, team, model)?)
+        })?;
+        match read {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                tracing::error!(error = %e, "ledger.postgres unreachable: budgets start from the locally spooled rows only");
+                let conn = open(&self.path)?;
+                let spooled: i64 = conn.query_row(
+                    "SELECT COALESCE(SUM(cost_nano_usd), 0) FROM pg_spool WHERE ts_ms >= ?1 AND ts_ms < ?2
+                     AND (?3 IS NULL OR team = ?3) AND (?4 IS NULL OR model = ?4)",
+                    params![from_ms, to_ms, team, model],
+                    |r| r.get(0),
+                )?;
+                Ok(u64::try_from(spooled).unwrap_or(0))
+            }
+        }
+    }
+
+    /// [postgres ledger] Rows appended and not yet taken by the writer thread.
+    pub fn queue_depth(&self) -> u64 {
+        self.queued.load(Relaxed)
+    }
+    /// [postgres ledger] Rows waiting in the local spool for PostgreSQL (0 with SQLite).
+    pub fn spooled(&self) -> u64 {
+        self.pg.as_ref().map_or(0, |p| p.spooled.load(Relaxed))
     }
 
     /// Queues a row; never blocks. A full queue drops the row and counts it.
     pub fn append(&self, row: Row) {
         match self.tx.try_send(Msg::Row(Box::new(row))) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.queued.fetch_add(1, Relaxed);
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Relaxed);
             }
@@ -160,19 +261,23 @@ impl Ledger {
 }
 
 fn write_loop(
-    mut conn: Connection,
+    mut store: Store,
     rx: Receiver<Msg>,
     flush_interval: Duration,
     retention_days: u32,
     failed: &AtomicU64,
     written: &AtomicU64,
+    queued: &AtomicU64,
 ) {
     let mut batch: Vec<Box<Row>> = Vec::new();
     let mut waiting: Vec<SyncSender<()>> = Vec::new();
     let mut last_prune = None::<Instant>;
     loop {
-        if retention_days > 0 && last_prune.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(3600)) {
-            prune(&conn, retention_days);
+        if let Store::Sqlite(conn) = &store
+            && retention_days > 0
+            && last_prune.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(3600))
+        {
+            prune(conn, retention_days);
             last_prune = Some(Instant::now());
         }
         // Collect for up to one flush interval from the first row, then write them in one go.
@@ -181,6 +286,7 @@ fn write_loop(
             let wait = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(if batch.is_empty() && waiting.is_empty() { flush_interval } else { wait }) {
                 Ok(Msg::Row(r)) => {
+                    queued.fetch_sub(1, Relaxed);
                     batch.push(r);
                     if batch.len() >= BATCH {
                         break false;
@@ -194,8 +300,20 @@ fn write_loop(
                 Err(RecvTimeoutError::Disconnected) => break true,
             }
         };
-        if !batch.is_empty() {
-            match insert(&mut conn, &batch) {
+        // [postgres ledger] PostgreSQL: straight there, or to the spool; retries and replay on
+        // every wake-up. Its counters are kept by the sink.
+        if let Store::Postgres(sink) = &mut store {
+            if batch.is_empty() {
+                sink.tick();
+            } else {
+                sink.write(&batch);
+                batch.clear();
+            }
+        }
+        if let Store::Sqlite(conn) = &mut store
+            && !batch.is_empty()
+        {
+            match insert(conn, &batch) {
                 Ok(()) => {
                     written.fetch_add(batch.len() as u64, Relaxed);
                 }

@@ -174,39 +174,76 @@ fn report(
     by: By,
     format: OutFormat,
 ) -> anyhow::Result<()> {
-    use tollgate::ledger::report::{self, Format, GroupBy, ReportOptions};
+    use tollgate::ledger::report::{self, Format, ReportOptions};
     let config = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let spend = &config.spend;
     let ledger =
         spend.ledger.as_ref().ok_or_else(|| anyhow::anyhow!("the config turns the ledger off: nothing to report"))?;
+    // [postgres ledger] The shared store when configured.
+    if let Some(pg) = &ledger.postgres {
+        return report_postgres(pg.url.expose(), spend, ReportOptions { since, until, by: group_by(by), format: out_format(format) });
+    }
     if !ledger.path.exists() {
         anyhow::bail!("no ledger at {} (has `tollgate serve` run with this config?)", ledger.path.display());
     }
     let conn = tollgate::ledger::open(&ledger.path)?;
-    let by = match by {
-        By::Team => GroupBy::Team,
-        By::Model => GroupBy::Model,
-        By::Day => GroupBy::Day,
-    };
-    let format = match format {
-        OutFormat::Table => Format::Table,
-        OutFormat::Csv => Format::Csv,
-        OutFormat::Json => Format::Json,
-    };
+    let (by, format) = (group_by(by), out_format(format));
     let opts = ReportOptions { since, until, by, format };
     let today = jiff::Timestamp::now().to_zoned_datetime(spend.timezone.clone()).date();
     let built = report::build(&conn, &opts, &spend.timezone, today)?;
     let mut out = std::io::stdout().lock();
     report::write(&built, &opts, &mut out)?;
     if format == Format::Table && !spend.budgets.is_empty() {
-        write_budgets(&conn, spend, &mut out)?;
+        write_budgets(&mut |a, b, t, m| Ok(tollgate::ledger::spend_between(&conn, a, b, t, m)?), spend, &mut out)?;
     }
     Ok(())
 }
 
+fn group_by(by: By) -> tollgate::ledger::report::GroupBy {
+    use tollgate::ledger::report::GroupBy;
+    match by {
+        By::Team => GroupBy::Team,
+        By::Model => GroupBy::Model,
+        By::Day => GroupBy::Day,
+    }
+}
+
+fn out_format(format: OutFormat) -> tollgate::ledger::report::Format {
+    use tollgate::ledger::report::Format;
+    match format {
+        OutFormat::Table => Format::Table,
+        OutFormat::Csv => Format::Csv,
+        OutFormat::Json => Format::Json,
+    }
+}
+
+/// [postgres ledger] `tollgate report` over the shared PostgreSQL ledger (no tokio runtime here,
+/// so the sync client may run on this thread).
+fn report_postgres(
+    url: &str,
+    spend: &tollgate::config::Spend,
+    opts: tollgate::ledger::report::ReportOptions,
+) -> anyhow::Result<()> {
+    use tollgate::ledger::{postgres, report};
+    let config = postgres::parse_url(url)?;
+    let mut client =
+        config.connect(::postgres::NoTls).map_err(|e| anyhow::anyhow!("ledger.postgres: {}", postgres::describe(&e)))?;
+    let today = jiff::Timestamp::now().to_zoned_datetime(spend.timezone.clone()).date();
+    let built = postgres::report::build(&mut client, &opts, &spend.timezone, today)?;
+    let mut out = std::io::stdout().lock();
+    report::write(&built, &opts, &mut out)?;
+    if opts.format == report::Format::Table && !spend.budgets.is_empty() {
+        write_budgets(&mut |a, b, t, m| Ok(postgres::spend_between(&mut client, a, b, t, m)?), spend, &mut out)?;
+    }
+    Ok(())
+}
+
+/// Spend in [from_ms, to_ms) for an optional team and model, from whichever store is configured.
+type SpendFn<'a> = dyn FnMut(i64, i64, Option<&str>, Option<&str>) -> anyhow::Result<u64> + 'a;
+
 /// Each budget's current period from the ledger: spend, limit, projection at the burn rate so far.
 fn write_budgets(
-    conn: &rusqlite::Connection,
+    spent_between: &mut SpendFn<'_>,
     spend: &tollgate::config::Spend,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<()> {
@@ -221,7 +258,7 @@ fn write_budgets(
             Scope::Team(t) => (Some(t.as_str()), None),
             Scope::Model(m) => (None, Some(m.as_str())),
         };
-        let spent = tollgate::ledger::spend_between(conn, start, end, team, model)?;
+        let spent = spent_between(start, end, team, model)?;
         let snap = BudgetState::new(def.clone(), &spend.timezone, now, spent).snapshot(&spend.timezone, now);
         let reached = snap
             .limit_reached_at_ms

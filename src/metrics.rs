@@ -250,6 +250,10 @@ pub trait AccountingView: Send + Sync + std::fmt::Debug {
     fn budgets(&self) -> Vec<crate::budget::Snapshot>;
     /// Ledger rows (written, dropped because the queue was full, failed to write).
     fn ledger_rows(&self) -> (u64, u64, u64);
+    /// [postgres ledger] Ledger rows waiting (in the writer's queue, in the PostgreSQL spool).
+    fn ledger_backlog(&self) -> (u64, u64) {
+        (0, 0)
+    }
     /// Alert deliveries (succeeded, failed after retries).
     fn alert_deliveries(&self) -> (u64, u64);
     /// Failed calls to the shared budget store.

@@ -26,12 +26,33 @@ pub(super) struct RawLedger {
     path: PathBuf,
     flush_interval_ms: u64,
     retention_days: u32,
+    // [postgres ledger]
+    postgres: Option<RawPostgresLedger>,
 }
 
 impl Default for RawLedger {
     fn default() -> Self {
-        RawLedger { enabled: true, path: "tollgate-ledger.sqlite3".into(), flush_interval_ms: 1000, retention_days: 90 }
+        RawLedger {
+            enabled: true,
+            path: "tollgate-ledger.sqlite3".into(),
+            flush_interval_ms: 1000,
+            retention_days: 90,
+            postgres: None,
+        }
     }
+}
+
+/// [postgres ledger] `ledger.postgres`: the URL only from an environment variable.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPostgresLedger {
+    url_env: String,
+    #[serde(default = "spool_max_rows")]
+    spool_max_rows: u64,
+}
+
+fn spool_max_rows() -> u64 {
+    10_000_000
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +148,17 @@ pub struct LedgerConfig {
     pub path: PathBuf,
     pub flush_interval: Duration,
     pub retention_days: u32,
+    /// [postgres ledger] The shared store; `path` is then the local spool.
+    pub postgres: Option<PostgresLedger>,
+}
+
+/// [postgres ledger] Where a fleet's ledger lives.
+#[derive(Debug, Clone)]
+pub struct PostgresLedger {
+    /// `postgres://user:password@host:port/db` (secret: from the `url_env` variable).
+    pub url: super::Secret,
+    /// Rows the local spool holds at most while PostgreSQL is down; past it rows are dropped.
+    pub spool_max_rows: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,10 +216,19 @@ impl Validator<'_> {
             }
         }
         let r = raw.ledger.unwrap_or_default();
+        // [postgres ledger]
+        let postgres = r.postgres.and_then(|p| {
+            let url = self.secret("ledger.postgres.url_env", &p.url_env, env)?;
+            if !url.expose().starts_with("postgres://") && !url.expose().starts_with("postgresql://") {
+                self.problem("ledger.postgres.url_env", "the URL must start with postgres:// or postgresql://");
+            }
+            Some(PostgresLedger { url, spool_max_rows: p.spool_max_rows.max(1) })
+        });
         let ledger = r.enabled.then(|| LedgerConfig {
             path: r.path,
             flush_interval: Duration::from_millis(r.flush_interval_ms.clamp(10, 60_000)),
             retention_days: r.retention_days,
+            postgres,
         });
         let mut budgets: Vec<BudgetDef> = Vec::new();
         for (i, b) in raw.budgets.into_iter().enumerate() {

@@ -291,6 +291,18 @@ fn encode_accounting(enc: &mut DescriptorEncoder<'_>, view: &dyn AccountingView)
     for (result, n) in [("written", written), ("dropped", dropped), ("failed", failed)] {
         counter(&mut m, &[("result", result)], n)?;
     }
+    // [postgres ledger] Backlog gauges.
+    let (queued, spooled) = view.ledger_backlog();
+    for (name, help, v) in [
+        ("tollgate_ledger_queue_rows", "Ledger rows queued for the writer thread.", queued),
+        (
+            "tollgate_ledger_spool_rows",
+            "Ledger rows spooled locally while PostgreSQL is unreachable, waiting for replay.",
+            spooled,
+        ),
+    ] {
+        family(enc, name, help, MetricType::Gauge)?.encode_gauge(&i64::try_from(v).unwrap_or(i64::MAX))?;
+    }
     let mut m = family(
         enc,
         "tollgate_budget_store_errors",
