@@ -78,6 +78,9 @@ pub struct Ledger {
 struct PgStore {
     config: ::postgres::Config,
     spooled: Arc<AtomicU64>,
+    /// When a read last failed: reads within 30 s of it go straight to the spool, so N budgets
+    /// do not wait N connect timeouts.
+    read_failed: std::sync::Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -189,21 +192,36 @@ impl Ledger {
             failed: counters.failed,
             written: counters.written,
             queued,
-            pg: Some(PgStore { config: pg_config, spooled: counters.spooled }),
+            pg: Some(PgStore { config: pg_config, spooled: counters.spooled, read_failed: Default::default() }),
         })
     }
 
     /// [postgres ledger] Spend in [from_ms, to_ms) from the configured store (after a `flush`,
     /// everything appended so far). PostgreSQL unreachable: the rows spooled locally are all
     /// this replica can count (logged).
-    pub fn spend_between(&self, from_ms: i64, to_ms: i64, team: Option<&str>, model: Option<&str>) -> anyhow::Result<u64> {
+    pub fn spend_between(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        team: Option<&str>,
+        model: Option<&str>,
+    ) -> anyhow::Result<u64> {
         let Some(pg) = &self.pg else {
             return Ok(spend_between(&open(&self.path)?, from_ms, to_ms, team, model)?);
         };
-        let read = postgres::off_runtime(|| -> anyhow::Result<u64> {
-            let mut client = pg.config.connect(::postgres::NoTls)?;
-            Ok(postgres::spend_between(&mut client, from_ms, to_ms, team, model)?)
-        })?;
+        let recent_failure = |f: &Option<Instant>| f.is_some_and(|t| t.elapsed() < Duration::from_secs(30));
+        let skip = pg.read_failed.lock().map(|f| recent_failure(&f)).unwrap_or(false);
+        let read = if skip {
+            Err(anyhow::anyhow!("unreachable moments ago"))
+        } else {
+            postgres::off_runtime(|| -> anyhow::Result<u64> {
+                let mut client = pg.config.connect(::postgres::NoTls)?;
+                Ok(postgres::spend_between(&mut client, from_ms, to_ms, team, model)?)
+            })?
+        };
+        if let Ok(mut f) = pg.read_failed.lock() {
+            *f = if read.is_err() { f.or(Some(Instant::now())) } else { None };
+        }
         match read {
             Ok(n) => Ok(n),
             Err(e) => {

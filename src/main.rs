@@ -181,7 +181,11 @@ fn report(
         spend.ledger.as_ref().ok_or_else(|| anyhow::anyhow!("the config turns the ledger off: nothing to report"))?;
     // [postgres ledger] The shared store when configured.
     if let Some(pg) = &ledger.postgres {
-        return report_postgres(pg.url.expose(), spend, ReportOptions { since, until, by: group_by(by), format: out_format(format) });
+        return report_postgres(
+            pg.url.expose(),
+            spend,
+            ReportOptions { since, until, by: group_by(by), format: out_format(format) },
+        );
     }
     if !ledger.path.exists() {
         anyhow::bail!("no ledger at {} (has `tollgate serve` run with this config?)", ledger.path.display());
@@ -226,8 +230,9 @@ fn report_postgres(
 ) -> anyhow::Result<()> {
     use tollgate::ledger::{postgres, report};
     let config = postgres::parse_url(url)?;
-    let mut client =
-        config.connect(::postgres::NoTls).map_err(|e| anyhow::anyhow!("ledger.postgres: {}", postgres::describe(&e)))?;
+    let mut client = config
+        .connect(::postgres::NoTls)
+        .map_err(|e| anyhow::anyhow!("ledger.postgres: {}", postgres::describe(&e)))?;
     let today = jiff::Timestamp::now().to_zoned_datetime(spend.timezone.clone()).date();
     let built = postgres::report::build(&mut client, &opts, &spend.timezone, today)?;
     let mut out = std::io::stdout().lock();
