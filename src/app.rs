@@ -200,9 +200,10 @@ impl Running {
 /// `tollgate serve`: start, then reload on SIGHUP or file change, and stop on SIGTERM/SIGINT.
 pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
     let config = source.load().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let running = start(config, source.clone()).await?;
+    // Handlers first: a SIGTERM that arrives as soon as the ports answer must drain, not kill.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let running = start(config, source.clone()).await?;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut seen = modified(&source);
     loop {

@@ -161,12 +161,12 @@ struct Scan {
 
 /// Milliseconds of the first instant of `day` in `tz`. When midnight falls into a DST gap the day
 /// starts at the end of the gap, which is what jiff's compatible disambiguation returns.
-fn day_start(day: Date, tz: &TimeZone) -> anyhow::Result<i64> {
+pub(crate) fn day_start(day: Date, tz: &TimeZone) -> anyhow::Result<i64> {
     let zoned = day.to_zoned_datetime(tz.clone()).with_context(|| format!("start of {day} in the time zone"))?;
     Ok(zoned.timestamp().as_millisecond())
 }
 
-fn next_day(day: Date) -> anyhow::Result<Date> {
+pub(crate) fn next_day(day: Date) -> anyhow::Result<Date> {
     day.tomorrow().with_context(|| format!("the day after {day}"))
 }
 
@@ -400,7 +400,7 @@ fn percentiles_sorted(
 }
 
 /// `nanos` nano-dollars as an exact decimal: no float, trailing zeros trimmed, `0` for zero.
-fn usd(nanos: i128) -> String {
+pub(crate) fn usd(nanos: i128) -> String {
     let sign = if nanos < 0 { "-" } else { "" };
     let n = nanos.unsigned_abs();
     let (whole, frac) = (n / 1_000_000_000, n % 1_000_000_000);
@@ -413,7 +413,7 @@ fn usd(nanos: i128) -> String {
 }
 
 /// `num / den` rounded half away from zero; `den` > 0.
-fn div_round(num: i128, den: u128) -> i128 {
+pub(crate) fn div_round(num: i128, den: u128) -> i128 {
     let (q, r) = (num.unsigned_abs() / den, num.unsigned_abs() % den);
     let q = if r * 2 >= den { q + 1 } else { q };
     let q = i128::try_from(q).unwrap_or(i128::MAX);

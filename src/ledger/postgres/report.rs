@@ -11,7 +11,7 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use postgres::{Client, IsolationLevel};
 
-use crate::ledger::report::{Group, GroupBy, Report, ReportOptions};
+use crate::ledger::report::{Group, GroupBy, Report, ReportOptions, day_start, div_round, next_day, usd};
 
 /// Days before `until` that the report starts at when no `since` is given (as in SQLite's).
 const DEFAULT_DAYS: i32 = 30;
@@ -127,34 +127,4 @@ fn group(key: String, a: Acc) -> Group {
         ttft_p50_ms: a.ttft.0,
         ttft_p95_ms: a.ttft.1,
     }
-}
-
-fn day_start(day: Date, tz: &TimeZone) -> anyhow::Result<i64> {
-    let zoned = day.to_zoned_datetime(tz.clone()).with_context(|| format!("start of {day} in the time zone"))?;
-    Ok(zoned.timestamp().as_millisecond())
-}
-
-fn next_day(day: Date) -> anyhow::Result<Date> {
-    day.tomorrow().with_context(|| format!("the day after {day}"))
-}
-
-/// `nanos` nano-dollars as an exact decimal (the same text as the SQLite report's).
-fn usd(nanos: i128) -> String {
-    let sign = if nanos < 0 { "-" } else { "" };
-    let n = nanos.unsigned_abs();
-    let (whole, frac) = (n / 1_000_000_000, n % 1_000_000_000);
-    if frac == 0 {
-        format!("{sign}{whole}")
-    } else {
-        let frac = format!("{frac:09}");
-        format!("{sign}{whole}.{}", frac.trim_end_matches('0'))
-    }
-}
-
-/// `num / den` rounded half away from zero; `den` > 0.
-fn div_round(num: i128, den: u128) -> i128 {
-    let (q, r) = (num.unsigned_abs() / den, num.unsigned_abs() % den);
-    let q = if r * 2 >= den { q + 1 } else { q };
-    let q = i128::try_from(q).unwrap_or(i128::MAX);
-    if num < 0 { -q } else { q }
 }
