@@ -102,21 +102,7 @@ fn build_with(
     today: Date,
     in_memory_ttft_values: u64,
 ) -> anyhow::Result<Report> {
-    let until = opts.until.unwrap_or(today);
-    let since = match opts.since {
-        Some(since) => since,
-        None => {
-            until.checked_sub(DEFAULT_DAYS.days()).with_context(|| format!("{DEFAULT_DAYS} days before {until}"))?
-        }
-    };
-    if since > until {
-        bail!("the report period is empty: since ({since}) is after until ({until})");
-    }
-    let window = Scan { lo: day_start(since, tz)?, hi: day_start(next_day(until)?, tz)?, day: None };
-    let scans = match opts.by {
-        GroupBy::Team | GroupBy::Model => vec![window.clone()],
-        GroupBy::Day => day_scans(since, until, tz)?,
-    };
+    let (since, until, window, scans) = plan(opts, tz, today)?;
     let key = match opts.by {
         GroupBy::Team => "team",
         GroupBy::Model => "model",
@@ -153,10 +139,31 @@ fn build_with(
 
 /// One range of `ts_ms` to query; `day` is the key bound as `?3` when grouping by day.
 #[derive(Debug, Clone)]
-struct Scan {
-    lo: i64,
-    hi: i64,
-    day: Option<String>,
+pub(crate) struct Scan {
+    pub(crate) lo: i64,
+    pub(crate) hi: i64,
+    pub(crate) day: Option<String>,
+}
+
+/// The report's period (defaults applied, checked) and its scans: the whole window, and one per
+/// civil day when grouping by day. Shared by the SQLite and PostgreSQL reports.
+pub(crate) fn plan(opts: &ReportOptions, tz: &TimeZone, today: Date) -> anyhow::Result<(Date, Date, Scan, Vec<Scan>)> {
+    let until = opts.until.unwrap_or(today);
+    let since = match opts.since {
+        Some(since) => since,
+        None => {
+            until.checked_sub(DEFAULT_DAYS.days()).with_context(|| format!("{DEFAULT_DAYS} days before {until}"))?
+        }
+    };
+    if since > until {
+        bail!("the report period is empty: since ({since}) is after until ({until})");
+    }
+    let window = Scan { lo: day_start(since, tz)?, hi: day_start(next_day(until)?, tz)?, day: None };
+    let scans = match opts.by {
+        GroupBy::Team | GroupBy::Model => vec![window.clone()],
+        GroupBy::Day => day_scans(since, until, tz)?,
+    };
+    Ok((since, until, window, scans))
 }
 
 /// Milliseconds of the first instant of `day` in `tz`. When midnight falls into a DST gap the day

@@ -6,15 +6,11 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, bail};
-use jiff::ToSpan;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use postgres::{Client, IsolationLevel};
 
-use crate::ledger::report::{Group, GroupBy, Report, ReportOptions, day_start, div_round, next_day, usd};
-
-/// Days before `until` that the report starts at when no `since` is given (as in SQLite's).
-const DEFAULT_DAYS: i32 = 30;
+use crate::ledger::report::{Group, GroupBy, Report, ReportOptions, Scan, div_round, plan, usd};
 
 #[derive(Debug, Default)]
 struct Acc {
@@ -28,27 +24,7 @@ struct Acc {
 
 /// Reads the rows whose ts_ms falls in [since 00:00, until+1 00:00) in `tz`.
 pub fn build(client: &mut Client, opts: &ReportOptions, tz: &TimeZone, today: Date) -> anyhow::Result<Report> {
-    let until = opts.until.unwrap_or(today);
-    let since = match opts.since {
-        Some(since) => since,
-        None => {
-            until.checked_sub(DEFAULT_DAYS.days()).with_context(|| format!("{DEFAULT_DAYS} days before {until}"))?
-        }
-    };
-    if since > until {
-        bail!("the report period is empty: since ({since}) is after until ({until})");
-    }
-    let (lo, hi) = (day_start(since, tz)?, day_start(next_day(until)?, tz)?);
-    let mut scans = vec![(lo, hi, None::<String>)];
-    if opts.by == GroupBy::Day {
-        scans.clear();
-        let mut day = since;
-        while day <= until {
-            let next = next_day(day)?;
-            scans.push((day_start(day, tz)?, day_start(next, tz)?, Some(day.to_string())));
-            day = next;
-        }
-    }
+    let (since, until, window, scans) = plan(opts, tz, today)?;
     let key = match opts.by {
         GroupBy::Team => "team",
         GroupBy::Model => "model",
@@ -67,7 +43,7 @@ pub fn build(client: &mut Client, opts: &ReportOptions, tz: &TimeZone, today: Da
     }
     let mut tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
     let mut accs: HashMap<String, Acc> = HashMap::new();
-    for (lo, hi, day) in &scans {
+    for Scan { lo, hi, day } in &scans {
         let rows = match day {
             Some(d) => tx.query(&sql, &[lo, hi, d])?,
             None => tx.query(&sql, &[lo, hi])?,
@@ -88,7 +64,7 @@ pub fn build(client: &mut Client, opts: &ReportOptions, tz: &TimeZone, today: Da
         "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY ttft_ms),
                 percentile_disc(0.95) WITHIN GROUP (ORDER BY ttft_ms)
          FROM requests WHERE ts_ms >= $1 AND ts_ms < $2",
-        &[&lo, &hi],
+        &[&window.lo, &window.hi],
     )?;
     tx.commit()?;
     let mut total = Acc { ttft: (total_ttft.get(0), total_ttft.get(1)), ..Acc::default() };
